@@ -1,0 +1,257 @@
+"""Capture of intermediate tensors through forward hooks.
+
+A :class:`Tap` names modules (by ``named_modules()`` glob or by class) and the
+tensor wanted: the module's input (``"pre"``) or its output (``"post"``).
+:class:`Capture` resolves every tap against a model, registers **one** forward
+hook per module however many taps ask for it, and keeps the latest tensors in
+a mapping from capture name to tensor. Captured tensors keep their autograd
+graph (penalties use them); the store gets detached copies.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+import torch
+from torch import nn
+
+from infoshape.errors import CaptureError, NonFiniteError, TapError
+
+__all__ = ["Capture", "Tap"]
+
+StoreMode = Literal["probe", "stream", "both"]
+
+
+def _store_mode(value: bool | str) -> StoreMode | None:
+    if value is True:
+        return "probe"
+    if value is False or value is None:
+        return None
+    if value in ("probe", "stream", "both"):
+        return value  # type: ignore[return-value]
+    raise TapError(
+        "Tap.store has an unknown value",
+        expected='True, False, "probe", "stream" or "both"',
+        got=repr(value),
+        fix='use store=True to keep the probe set each epoch, store="stream" for training batches',
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Tap:
+    """A request for the tensor entering or leaving some modules.
+
+    Args:
+        module: a glob over ``model.named_modules()`` names (``"features.*"``, ``"fc1"``),
+            or a module class (``torch.nn.ReLU``) to tap every module of that class.
+        point: ``"pre"`` for the module's first input, ``"post"`` for its output.
+        store: ``False``; ``True`` or ``"probe"`` to store the probe set at each epoch end;
+            ``"stream"`` to store training batches; ``"both"``.
+        name: capture name; by default the module name (``"_pre"`` appended for inputs).
+            With a glob matching several modules the module name is appended:
+            ``"<name>.<module>"``.
+        stream_every: with stream storage, store every k-th step.
+        stream_dtype: storage dtype of streamed batches (``"float32"`` or ``"float16"``).
+    """
+
+    module: str | type = attrs.field(kw_only=False)
+    point: Literal["pre", "post"] = attrs.field(
+        default="post", validator=attrs.validators.in_(("pre", "post"))
+    )
+    store: bool | str = False
+    name: str | None = None
+    stream_every: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    stream_dtype: Literal["float32", "float16"] = attrs.field(
+        default="float32", validator=attrs.validators.in_(("float32", "float16"))
+    )
+
+    @property
+    def store_mode(self) -> StoreMode | None:
+        """Where the tap is stored: ``"probe"``, ``"stream"``, ``"both"`` or None."""
+        return _store_mode(self.store)
+
+    def describe(self) -> str:
+        """The module selector as text (a glob or a class name)."""
+        return self.module if isinstance(self.module, str) else self.module.__name__
+
+    def select(self, model: nn.Module) -> list[str]:
+        """Names of the modules of ``model`` this tap matches, in model order.
+
+        Raises:
+            TapError: when nothing matches, listing the closest module names.
+        """
+        named = [(n, m) for n, m in model.named_modules() if n]
+        if isinstance(self.module, str):
+            hits = [n for n, _ in named if fnmatch.fnmatchcase(n, self.module)]
+        else:
+            hits = [n for n, m in named if isinstance(m, self.module)]
+        if hits:
+            return hits
+        names = [n for n, _ in named]
+        close = difflib.get_close_matches(self.describe(), names, n=5, cutoff=0.3)
+        raise TapError(
+            f"tap {self.describe()!r} matches no module of {type(model).__name__}",
+            expected="a module name or glob from model.named_modules()",
+            got=repr(self.describe()),
+            fix=(
+                f"closest module names: {', '.join(close)}"
+                if close
+                else f"the model's modules are: {', '.join(names[:20]) or '(none)'}"
+            ),
+        )
+
+
+@attrs.frozen
+class _Resolved:
+    """One tap resolved to one module: the capture name, the module name, the point."""
+
+    name: str
+    module: str
+    point: str
+    tap: Tap
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
+
+
+class Capture:
+    """Forward hooks for a set of taps on one model.
+
+    Use as a context manager, or call :meth:`attach` and :meth:`remove`;
+    hooks are removed on exit, also when an exception leaves the block.
+
+    Args:
+        model: the model to hook.
+        taps: the taps, possibly from several plugins.
+        on_nonfinite: ``"raise"`` (default), ``"warn"`` or ``"ignore"`` when a capture
+            holds NaN or Inf.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        taps: Iterable[Tap],
+        on_nonfinite: Literal["raise", "warn", "ignore"] = "raise",
+    ) -> None:
+        if on_nonfinite not in ("raise", "warn", "ignore"):
+            raise TapError(
+                "unknown on_nonfinite policy",
+                expected='"raise", "warn" or "ignore"',
+                got=repr(on_nonfinite),
+                fix='use on_nonfinite="warn" to continue past NaN activations',
+            )
+        self.model = model
+        self.on_nonfinite = on_nonfinite
+        self.resolved: list[_Resolved] = []
+        self.names_of: dict[Tap, list[str]] = {}
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        for tap in dict.fromkeys(taps):  # same tap from two plugins: one capture
+            self._resolve(tap)
+
+    def _resolve(self, tap: Tap) -> None:
+        modules = tap.select(self.model)
+        names = []
+        for module in modules:
+            if tap.name is None:
+                name = module + ("_pre" if tap.point == "pre" else "")
+            else:
+                name = tap.name if len(modules) == 1 else f"{tap.name}.{module}"
+            existing = next((r for r in self.resolved if r.name == name), None)
+            if existing is not None:
+                if (existing.module, existing.point) != (module, tap.point):
+                    raise TapError(
+                        f"two taps claim the capture name {name!r}",
+                        expected="one name per (module, point)",
+                        got=f"{existing.module}:{existing.point} and {module}:{tap.point}",
+                        fix="give the taps distinct name= values",
+                    )
+            else:
+                self.resolved.append(_Resolved(name, module, tap.point, tap))
+            names.append(name)
+        self.names_of[tap] = names
+
+    @property
+    def tensors(self) -> Mapping[str, torch.Tensor]:
+        """The latest captured tensor of every capture name seen since :meth:`clear`."""
+        return self._tensors
+
+    def clear(self) -> None:
+        """Forget the captured tensors (and so free their graphs)."""
+        self._tensors = {}
+
+    def attach(self) -> Capture:
+        """Register one forward hook per tapped module."""
+        if self._handles:
+            return self
+        modules = dict(self.model.named_modules())
+        by_module: dict[str, list[_Resolved]] = {}
+        for r in self.resolved:
+            by_module.setdefault(r.module, []).append(r)
+        try:
+            for module_name, wanted in by_module.items():
+                hook = self._make_hook(wanted)
+                self._handles.append(modules[module_name].register_forward_hook(hook))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        """Remove every hook this capture registered (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are registered."""
+        return bool(self._handles)
+
+    def __enter__(self) -> Capture:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def _make_hook(self, wanted: list[_Resolved]):  # noqa: ANN202 - torch hook signature
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            for r in wanted:
+                tensor = _first_tensor(args if r.point == "pre" else output)
+                if tensor is None:
+                    raise CaptureError(
+                        f"tap {r.name!r} found no tensor at the {r.point} point of {r.module!r}",
+                        expected="a tensor (or a tuple whose first item is a tensor)",
+                        got=type(args if r.point == "pre" else output).__name__,
+                        fix="tap the other point or a sub-module that returns a tensor",
+                    )
+                if self.on_nonfinite != "ignore":
+                    self._check_finite(r, tensor)
+                self._tensors[r.name] = tensor
+
+        return hook
+
+    def _check_finite(self, r: _Resolved, tensor: torch.Tensor) -> None:
+        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+            return
+        n_bad = int((~torch.isfinite(tensor)).sum())
+        problem = f"tap {r.name!r} ({r.module}, {r.point}) holds {n_bad} NaN/Inf values"
+        if self.on_nonfinite == "warn":
+            warnings.warn(problem, RuntimeWarning, stacklevel=3)
+            return
+        raise NonFiniteError(
+            problem,
+            expected="finite activations",
+            got=f"{n_bad} of {tensor.numel()} values non-finite",
+            fix="lower the learning rate or check the input; on_nonfinite='warn' continues",
+        )

@@ -1,0 +1,112 @@
+"""Every exception type infoshape raises.
+
+Each message says what was expected, what was got, and how to fix it
+(STYLE.md §5). The types share :class:`InfoshapeError`, so ``except
+infoshape.InfoshapeError`` catches all of them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CaptureError",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "InfoshapeError",
+    "NonFiniteError",
+    "PluginError",
+    "PluginHookError",
+    "PluginLoadError",
+    "StoreError",
+    "StoreWriteError",
+    "TapError",
+    "UnknownNameError",
+]
+
+
+class InfoshapeError(Exception):
+    """Base class of every infoshape error."""
+
+
+def _message(problem: str, *, expected: str | None, got: str | None, fix: str | None) -> str:
+    parts = [problem]
+    if expected is not None:
+        parts.append(f"expected: {expected}")
+    if got is not None:
+        parts.append(f"got: {got}")
+    if fix is not None:
+        parts.append(f"fix: {fix}")
+    return "\n  ".join(parts)
+
+
+class _Explained(InfoshapeError):
+    """An error built from a problem, the expectation, what was got and a fix."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        expected: str | None = None,
+        got: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.problem, self.expected, self.got, self.fix = problem, expected, got, fix
+        super().__init__(_message(problem, expected=expected, got=got, fix=fix))
+
+
+class ConfigError(_Explained, ValueError):
+    """A run, session or plugin option is unknown, of the wrong type or out of range."""
+
+
+class UnknownNameError(_Explained, KeyError):
+    """A name (plugin, dataset, model, estimator) is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class PluginError(_Explained):
+    """A plugin misbehaves (base of the plugin errors)."""
+
+
+class PluginLoadError(PluginError):
+    """A plugin cannot be loaded: import error, bad hook name, bad option.
+
+    Attributes:
+        plugin: the entry-point (or object) name of the plugin.
+    """
+
+    def __init__(self, plugin: str, problem: str, **kwargs: str | None) -> None:
+        self.plugin = plugin
+        super().__init__(f"plugin {plugin!r}: {problem}", **kwargs)
+
+
+class PluginHookError(PluginError):
+    """A plugin raised inside a hook, or returned a value of the wrong type."""
+
+    def __init__(self, plugin: str, hook: str, problem: str, **kwargs: str | None) -> None:
+        self.plugin, self.hook = plugin, hook
+        super().__init__(f"plugin {plugin!r} in hook {hook}: {problem}", **kwargs)
+
+
+class TapError(_Explained, ValueError):
+    """A tap matches no module, or two taps claim the same name."""
+
+
+class CaptureError(_Explained, RuntimeError):
+    """A captured tensor is missing or of the wrong kind."""
+
+
+class NonFiniteError(_Explained, FloatingPointError):
+    """A captured tensor, a penalty or the loss holds NaN or Inf."""
+
+
+class StoreError(_Explained):
+    """A store cannot be created, opened or appended to."""
+
+
+class StoreWriteError(StoreError):
+    """The background writer failed (disk full, permissions); the committed part stays readable."""
+
+
+class DatasetNotFoundError(_Explained, FileNotFoundError):
+    """A data set needs files that are not under the given root."""

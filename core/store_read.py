@@ -1,0 +1,90 @@
+"""Reading a run store lazily as an ``xarray.DataTree``.
+
+:func:`open_store` builds the tree from the zarr arrays directly (with dask,
+so nothing is read until asked for) and keeps only committed rows: it opens
+finished runs and runs that were killed mid-write alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from infoshape.errors import StoreError
+from infoshape.store_layout import APPEND_DIMS, NOT_COMMITTED
+
+__all__ = ["committed_length", "open_store"]
+
+
+def committed_length(coord: np.ndarray) -> int:
+    """Number of leading committed rows of an ``epoch``/``step`` coordinate."""
+    bad = np.flatnonzero(np.asarray(coord) == NOT_COMMITTED)
+    return int(bad[0]) if bad.size else int(np.asarray(coord).shape[0])
+
+
+def _dataset(group: zarr.Group) -> xr.Dataset:
+    arrays = dict(group.arrays())
+    lengths = {
+        dim: committed_length(arrays[dim][:]) for dim in APPEND_DIMS if dim in arrays
+    }
+    variables: dict[str, xr.Variable] = {}
+    coord_names: set[str] = set()
+    for name, array in arrays.items():
+        dims = tuple(array.metadata.dimension_names or ())
+        if len(dims) != array.ndim:
+            raise StoreError(
+                f"array {group.name}/{name} has no dimension_names",
+                expected="zarr v3 arrays with dimension_names",
+                got=str(array.metadata.dimension_names),
+                fix="open the store with zarr directly; it was not written by infoshape",
+            )
+        if array.metadata.data_type.to_native_dtype().kind in "OTU":
+            data: Any = np.asarray(array[:])
+        else:
+            data = da.from_zarr(array)
+        index = tuple(
+            slice(0, min(lengths[d], array.shape[i])) if d in lengths else slice(None)
+            for i, d in enumerate(dims)
+        )
+        attrs = dict(array.attrs)
+        coord_names.update(str(attrs.pop("coordinates", "")).split())
+        variables[name] = xr.Variable(dims, data[index], attrs=attrs)
+    coord_names |= {n for n, v in variables.items() if v.dims == (n,)}
+    coords = {n: variables.pop(n) for n in list(variables) if n in coord_names}
+    return xr.Dataset(variables, coords=coords, attrs=dict(group.attrs))
+
+
+def open_store(path: str | Path) -> xr.DataTree:
+    """Open a run store as a lazy ``xarray.DataTree``.
+
+    Groups ``probe``, ``stream``, ``metrics`` and ``analysis`` (and any group below
+    them) become tree nodes; the root carries the run manifest in its attrs.
+    Only committed rows are shown, so a store of a killed run opens too.
+
+    Raises:
+        StoreError: when ``path`` is no zarr v3 store.
+    """
+    path = Path(path)
+    try:
+        root = zarr.open_group(str(path), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+        raise StoreError(
+            f"no infoshape store at {path}",
+            expected="a folder written by infoshape.Session(store=...)",
+            got="nothing there" if not path.exists() else "a folder that is no zarr group",
+            fix="check the path (runs/<name>.zarr)",
+        ) from err
+    nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=dict(root.attrs))}
+
+    def walk(group: zarr.Group, prefix: str) -> None:
+        for name, child in sorted(group.groups()):
+            nodes[f"{prefix}/{name}"] = _dataset(child)
+            walk(child, f"{prefix}/{name}")
+
+    walk(root, "")
+    return xr.DataTree.from_dict(nodes)
