@@ -63,7 +63,9 @@ class Tap:
     point: Literal["pre", "post"] = attrs.field(
         default="post", validator=attrs.validators.in_(("pre", "post"))
     )
-    store: bool | str = False
+    store: bool | str = attrs.field(
+        default=False, validator=lambda _i, _a, value: _store_mode(value)
+    )
     name: str | None = None
     stream_every: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     stream_dtype: Literal["float32", "float16"] = attrs.field(

@@ -4,7 +4,9 @@ A plugin is a module, a class or an instance whose functions carry
 ``@infoshape.hookimpl`` and are named after the specifications below. A
 plugin may implement any subset and may accept any subset of a hook's
 arguments. Hooks are called once per batch or epoch, never per module.
-Every hook returns data; none mutates another plugin's state.
+Every hook returns data; none mutates another plugin's state. A session
+calls the plugins in the order they were enabled (``tryfirst=True`` and
+``trylast=True`` on a hookimpl move it to the front or the back).
 
 A plugin class (the usual form) is instantiated once per :class:`~infoshape.Session`,
 so its state (moving averages, kernel widths) lives on the session. A plugin

@@ -152,15 +152,17 @@ def _load_entry_point(ep: metadata.EntryPoint) -> PluginInfo:
     try:
         loaded = ep.load()
     except ImportError as err:
-        missing = getattr(err, "name", None)
+        missing = getattr(err, "name", None) or ""
+        own_module = ep.module == missing or ep.module.startswith(missing + ".")
+        dist = ep.dist.name if ep.dist else "the plugin's distribution"
         raise PluginLoadError(
             ep.name,
             f"its entry point {ep.value!r} cannot be imported: {err}",
             fix=(
-                f"install the missing package ({missing!r}) or uninstall "
-                f"{ep.dist.name if ep.dist else 'the plugin'}"
-                if missing
-                else "check the entry point's module path in the plugin's pyproject.toml"
+                f"install the missing package ({missing!r}) or uninstall {dist}"
+                if missing and not own_module
+                else f"the entry point names a module that does not exist: correct it in "
+                f"{dist}'s pyproject.toml and reinstall"
             ),
         ) from err
     except Exception as err:

@@ -176,13 +176,13 @@ class Session:
         first: bool = False,
         **kwargs: Any,
     ) -> list[tuple[str, Any]]:
-        """Call ``hook`` on each plugin in pluggy's order, naming the plugin on failure.
+        """Call ``hook`` on each plugin in enabling order, naming the plugin on failure.
 
         With ``chain``, a non-None result replaces that argument for the next plugin.
         With ``first``, stop at the first non-None result.
         """
         results = []
-        for impl in reversed(getattr(self.manager.hook, hook).get_hookimpls()):
+        for impl in self._ordered_impls(hook):
             name = impl.plugin_name
             args = {"session": self, **kwargs, **(kwargs_for(name) if kwargs_for else {})}
             try:
@@ -202,6 +202,18 @@ class Session:
                 if first:
                     break
         return results
+
+    def _ordered_impls(self, hook: str) -> list[Any]:
+        """Hook implementations in the order the plugins were enabled.
+
+        ``tryfirst`` implementations come before, ``trylast`` ones after the rest.
+        """
+        impls = getattr(self.manager.hook, hook).get_hookimpls()
+        return (
+            [i for i in impls if i.tryfirst]
+            + [i for i in impls if not (i.tryfirst or i.trylast)]
+            + [i for i in impls if i.trylast]
+        )
 
     @staticmethod
     def _checked_list(plugin: str, hook: str, result: Any, kind: type) -> list[Any]:

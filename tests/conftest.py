@@ -1,0 +1,67 @@
+"""Shared fixtures: small seeded models and data, and fake entry-point distributions."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+
+class SmallMLP(nn.Sequential):
+    """Linear-ReLU-Linear-ReLU-Linear with readable module names."""
+
+    def __init__(self, d_in: int = 8, hidden: int = 16, n_classes: int = 3) -> None:
+        super().__init__()
+        self.add_module("fc1", nn.Linear(d_in, hidden))
+        self.add_module("relu1", nn.ReLU())
+        self.add_module("fc2", nn.Linear(hidden, hidden))
+        self.add_module("relu2", nn.ReLU())
+        self.add_module("out", nn.Linear(hidden, n_classes))
+
+
+@pytest.fixture
+def mlp() -> SmallMLP:
+    torch.manual_seed(0)
+    return SmallMLP()
+
+
+@pytest.fixture
+def make_mlp():
+    """A factory of small MLPs (seeded by the caller's seed argument)."""
+
+    def make(seed: int = 0) -> SmallMLP:
+        torch.manual_seed(seed)
+        return SmallMLP()
+
+    return make
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+
+
+@pytest.fixture
+def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Make a real installed distribution (dist-info on sys.path) with given modules.
+
+    Returns a function ``make(name, entry_points: dict, modules: dict[str, str])``.
+    """
+
+    def make(dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> Path:
+        site = tmp_path / f"site-{dist}"
+        info = site / f"{dist}-0.1.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[infoshape.plugins]\n{lines}\n")
+        for module, source in modules.items():
+            (site / f"{module}.py").write_text(textwrap.dedent(source))
+        monkeypatch.syspath_prepend(str(site))
+        return site
+
+    return make

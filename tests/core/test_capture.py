@@ -1,0 +1,111 @@
+"""Taps and forward-hook capture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from infoshape import CaptureError, NonFiniteError, Tap, TapError
+from infoshape.capture import Capture
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_pre_and_post_of_one_module_share_one_hook(mlp, batch):
+    x, _ = batch
+    taps = [Tap("relu1", point="pre"), Tap("relu1"), Tap("fc2", name="hidden")]
+    with Capture(mlp, taps) as capture:
+        assert _hook_count(mlp) == 2  # relu1 and fc2, not three
+        mlp(x)
+        pre = mlp.fc1(x)
+        torch.testing.assert_close(capture.tensors["relu1_pre"], pre)
+        torch.testing.assert_close(capture.tensors["relu1"], pre.clamp_min(0))
+        torch.testing.assert_close(capture.tensors["hidden"], mlp.fc2(pre.clamp_min(0)))
+    assert _hook_count(mlp) == 0
+
+
+def test_captures_keep_the_graph(mlp, batch):
+    x, _ = batch
+    with Capture(mlp, [Tap("relu1")]) as capture:
+        mlp(x)
+        capture.tensors["relu1"].sum().backward()
+    assert mlp.fc1.weight.grad is not None and mlp.fc1.weight.grad.abs().sum() > 0
+    assert mlp.fc2.weight.grad is None
+
+
+def test_glob_and_class_selection(mlp):
+    assert Tap("fc*").select(mlp) == ["fc1", "fc2"]
+    assert Tap(nn.ReLU).select(mlp) == ["relu1", "relu2"]
+    capture = Capture(mlp, [Tap(nn.ReLU, name="act")])
+    assert capture.names_of[Tap(nn.ReLU, name="act")] == ["act.relu1", "act.relu2"]
+
+
+def test_tap_matching_nothing_lists_close_names(mlp):
+    with pytest.raises(TapError) as info:
+        Capture(mlp, [Tap("fc3")])
+    message = str(info.value)
+    assert "tap 'fc3' matches no module of SmallMLP" in message
+    assert "closest module names: " in message
+    assert {"fc1", "fc2"} <= set(message.split("closest module names: ")[1].split(", "))
+
+
+def test_two_taps_claiming_one_name(mlp):
+    with pytest.raises(TapError, match="two taps claim the capture name 'h'"):
+        Capture(mlp, [Tap("fc1", name="h"), Tap("fc2", name="h")])
+
+
+def test_same_tap_from_two_plugins_is_one_capture(mlp):
+    capture = Capture(mlp, [Tap("fc1"), Tap("fc1")])
+    assert [r.name for r in capture.resolved] == ["fc1"]
+
+
+def test_hooks_removed_when_forward_raises(mlp):
+    capture = Capture(mlp, [Tap("fc1")])
+    with pytest.raises(RuntimeError), capture:
+        mlp(torch.randn(4, 5))  # wrong width: Linear raises inside forward
+    assert _hook_count(mlp) == 0
+
+
+def test_nonfinite_capture_raises_naming_the_tap(mlp):
+    x = torch.randn(4, 8)
+    x[0, 0] = float("nan")
+    with Capture(mlp, [Tap("fc1")]), pytest.raises(NonFiniteError) as info:
+        mlp(x)
+    assert "tap 'fc1' (fc1, post) holds 16 NaN/Inf values" in str(info.value)
+    assert _hook_count(mlp) == 0
+
+
+def test_nonfinite_capture_can_warn(mlp):
+    x = torch.randn(4, 8)
+    x[1] = float("inf")
+    with Capture(mlp, [Tap("fc1")], on_nonfinite="warn") as capture:
+        with pytest.warns(RuntimeWarning, match="tap 'fc1'"):
+            mlp(x)
+        assert capture.tensors["fc1"].shape == (4, 16)
+
+
+def test_tuple_outputs_use_the_first_tensor():
+    lstm = nn.Sequential()
+    lstm.add_module("rnn", nn.GRU(3, 5, batch_first=True))
+    with Capture(lstm, [Tap("rnn")]) as capture:
+        out, _ = lstm.rnn(torch.randn(2, 4, 3))
+        torch.testing.assert_close(capture.tensors["rnn"], out)
+
+
+def test_non_tensor_output_is_a_clear_error():
+    class ReturnsDict(nn.Module):
+        def forward(self, x):
+            return {"y": x}
+
+    model = nn.Sequential()
+    model.add_module("d", ReturnsDict())
+    with Capture(model, [Tap("d")]), pytest.raises(CaptureError, match="found no tensor"):
+        model(torch.randn(2, 2))
+
+
+def test_bad_store_value():
+    with pytest.raises(TapError, match="Tap.store has an unknown value"):
+        Tap("fc1", store="sometimes")
