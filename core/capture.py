@@ -226,7 +226,7 @@ class Capture:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    def _make_hook(self, wanted: list[_Resolved]):  # noqa: ANN202 - torch hook signature
+    def _make_hook(self, wanted: list[_Resolved]):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             for r in wanted:
                 tensor = _first_tensor(args if r.point == "pre" else output)

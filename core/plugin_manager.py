@@ -244,7 +244,7 @@ def build_plugin_manager(
         manager.check_pending()
     except pluggy.PluginValidationError as err:
         raise PluginLoadError(
-            getattr(err, "plugin", None) and manager.get_name(err.plugin) or "?",
+            (getattr(err, "plugin", None) and manager.get_name(err.plugin)) or "?",
             f"unknown hook: {err}",
             fix="rename the hook to one in infoshape.hookspecs",
         ) from err

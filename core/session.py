@@ -96,7 +96,7 @@ class Session:
         self._sinks: list[MetricSink] = list(sinks)
         self._store: RunStore | None = None
         self._pending: dict[str, torch.Tensor] = {}
-        self._last: tuple[Mapping[str, torch.Tensor], Any, Any] | None = None
+        self._last: tuple[Mapping[str, torch.Tensor], Any, Any, Any] | None = None
         try:
             self._start(options or {}, taps, store, overwrite, run_config)
         except BaseException:
@@ -118,14 +118,7 @@ class Session:
             config = build_config(name, getattr(info.plugin, "Config", None), options.get(name))
             self.configs[name] = config
         self._call_each("infoshape_configure", lambda name: {"config": self.configs[name]})
-        for name, wrapped in self._call_each(
-            "infoshape_wrap_model", lambda name: {"model": self._model}, chain="model"
-        ):
-            if wrapped is not None and not isinstance(wrapped, nn.Module):
-                raise PluginHookError(
-                    name, "infoshape_wrap_model", "returned no nn.Module",
-                    expected="an nn.Module or None", got=type(wrapped).__name__,
-                )
+        self._wrap_model()
         taps = list(user_taps)
         for name, result in self._call_each("infoshape_taps"):
             taps.extend(self._checked_list(name, "infoshape_taps", result, Tap))
@@ -172,36 +165,54 @@ class Session:
         self,
         hook: str,
         kwargs_for: Callable[[str], Mapping[str, Any]] | None = None,
-        chain: str | None = None,
         first: bool = False,
         **kwargs: Any,
     ) -> list[tuple[str, Any]]:
-        """Call ``hook`` on each plugin in enabling order, naming the plugin on failure.
+        """Call ``hook`` on each plugin in enabling order; return (plugin, result) pairs.
 
-        With ``chain``, a non-None result replaces that argument for the next plugin.
-        With ``first``, stop at the first non-None result.
+        ``kwargs_for(plugin)`` adds per-plugin arguments. With ``first``, stop at the
+        first non-None result.
         """
         results = []
         for impl in self._ordered_impls(hook):
-            name = impl.plugin_name
-            args = {"session": self, **kwargs, **(kwargs_for(name) if kwargs_for else {})}
-            try:
-                result = impl.function(*[args[a] for a in impl.argnames])
-            except (PluginHookError, NonFiniteError):
-                raise
-            except Exception as err:
-                raise PluginHookError(
-                    name, hook, f"raised {type(err).__name__}: {err}",
-                    fix=f"see the traceback; disable {name!r} to run without it",
-                ) from err
-            if chain is not None and result is not None:
-                if chain == "model":
-                    self._model = result
+            extra = kwargs_for(impl.plugin_name) if kwargs_for else {}
+            result = self._call_impl(impl, hook, {**kwargs, **extra})
             if result is not None:
-                results.append((name, result))
+                results.append((impl.plugin_name, result))
                 if first:
                     break
         return results
+
+    def _call_impl(self, impl: Any, hook: str, kwargs: Mapping[str, Any]) -> Any:
+        """Call one hook implementation; its exception becomes a :class:`PluginHookError`."""
+        args = {"session": self, **kwargs}
+        try:
+            return impl.function(*[args[a] for a in impl.argnames])
+        except (PluginHookError, NonFiniteError):
+            raise
+        except Exception as err:
+            raise PluginHookError(
+                impl.plugin_name,
+                hook,
+                f"raised {type(err).__name__}: {err}",
+                fix=f"see the traceback; disable {impl.plugin_name!r} to run without it",
+            ) from err
+
+    def _wrap_model(self) -> None:
+        """Apply each plugin's ``infoshape_wrap_model`` in turn to the current model."""
+        for impl in self._ordered_impls("infoshape_wrap_model"):
+            wrapped = self._call_impl(impl, "infoshape_wrap_model", {"model": self._model})
+            if wrapped is None:
+                continue
+            if not isinstance(wrapped, nn.Module):
+                raise PluginHookError(
+                    impl.plugin_name,
+                    "infoshape_wrap_model",
+                    "returned no nn.Module",
+                    expected="an nn.Module or None",
+                    got=type(wrapped).__name__,
+                )
+            self._model = wrapped
 
     def _ordered_impls(self, hook: str) -> list[Any]:
         """Hook implementations in the order the plugins were enabled.
@@ -221,8 +232,11 @@ class Session:
         for item in items:
             if not isinstance(item, kind):
                 raise PluginHookError(
-                    plugin, hook, "returned an item of the wrong type",
-                    expected=f"a list of {kind.__name__}", got=type(item).__name__,
+                    plugin,
+                    hook,
+                    "returned an item of the wrong type",
+                    expected=f"a list of {kind.__name__}",
+                    got=type(item).__name__,
                 )
         return items
 
@@ -281,7 +295,9 @@ class Session:
                 value = penalty.value
                 if not isinstance(value, torch.Tensor) or value.numel() != 1:
                     raise PluginHookError(
-                        plugin, "infoshape_penalty", f"penalty {penalty.name!r} is not a scalar",
+                        plugin,
+                        "infoshape_penalty",
+                        f"penalty {penalty.name!r} is not a scalar",
                         expected="a tensor with one element",
                         got=repr(getattr(value, "shape", type(value).__name__)),
                     )
@@ -393,8 +409,11 @@ class Session:
     def _checked_metrics(plugin: str, result: Any) -> dict[str, Any]:
         if not isinstance(result, Mapping):
             raise PluginHookError(
-                plugin, "infoshape_metrics", "returned no mapping",
-                expected="a dict of metric name to value", got=type(result).__name__,
+                plugin,
+                "infoshape_metrics",
+                "returned no mapping",
+                expected="a dict of metric name to value",
+                got=type(result).__name__,
             )
         return dict(result)
 
@@ -437,7 +456,7 @@ class Session:
         for step in steps:
             try:
                 step()
-            except BaseException as err:  # noqa: BLE001 - re-raised below
+            except BaseException as err:
                 errors.append(err)
         if errors and status == "complete":
             raise errors[0]

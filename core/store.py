@@ -130,7 +130,7 @@ class RunStore:
                     return
                 if self._error is None:
                     job()
-            except BaseException as err:  # noqa: BLE001 - reported on the main thread
+            except BaseException as err:
                 self._error = err
                 log.error("infoshape store writer failed: %r", err)
             finally:
@@ -282,8 +282,14 @@ class RunStore:
         steps = chunk_rows(width * 8, 1024)
         for name in ("label", "sample_index"):
             appender.add_variable(
-                name, dims=("sample",), shape=(width,), chunks=(width,), dtype=np.int64,
-                attrs={}, row_chunk=steps, fill_value=-1,
+                name,
+                dims=("sample",),
+                shape=(width,),
+                chunks=(width,),
+                dtype=np.int64,
+                attrs={},
+                row_chunk=steps,
+                fill_value=-1,
             )
         for name, array in arrays.items():
             module, point, dtype = taps[name]
@@ -343,12 +349,19 @@ class RunStore:
                     if np.dtype(dtype).kind not in "fiub":
                         dtype = np.float64
                     appender.add_variable(
-                        var, dims=dims, shape=shape, chunks=shape or (), dtype=dtype,
-                        attrs={"stage": appender.dim}, row_chunk=1 if shape else 1024,
+                        var,
+                        dims=dims,
+                        shape=shape,
+                        chunks=shape or (),
+                        dtype=dtype,
+                        attrs={"stage": appender.dim},
+                        row_chunk=1 if shape else 1024,
                     )
         appender.append_block(
-            [(i, {appender.dim_name_for(k): np.asarray(v) for k, v in vals.items()})
-             for i, vals in rows]
+            [
+                (i, {appender.dim_name_for(k): np.asarray(v) for k, v in vals.items()})
+                for i, vals in rows
+            ]
         )
 
     # ------------------------------------------------------------ control
@@ -375,8 +388,12 @@ class RunStore:
             self.flush()
 
             def finish() -> None:
-                for appender in (self._probe, self._stream, self._step_metrics,
-                                 self._epoch_metrics):
+                for appender in (
+                    self._probe,
+                    self._stream,
+                    self._step_metrics,
+                    self._epoch_metrics,
+                ):
                     if appender is not None:
                         appender.trim()
                 self.root.attrs["status"] = status
@@ -401,4 +418,3 @@ def _fit(array: np.ndarray, width: int, fill: float) -> np.ndarray:
         return array[:width]
     pad = np.full((width - array.shape[0], *array.shape[1:]), fill, dtype=array.dtype)
     return np.concatenate([array, pad])
-

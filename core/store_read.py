@@ -29,9 +29,7 @@ def committed_length(coord: np.ndarray) -> int:
 
 def _dataset(group: zarr.Group) -> xr.Dataset:
     arrays = dict(group.arrays())
-    lengths = {
-        dim: committed_length(arrays[dim][:]) for dim in APPEND_DIMS if dim in arrays
-    }
+    lengths = {dim: committed_length(arrays[dim][:]) for dim in APPEND_DIMS if dim in arrays}
     variables: dict[str, xr.Variable] = {}
     coord_names: set[str] = set()
     for name, array in arrays.items():

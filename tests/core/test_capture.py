@@ -107,5 +107,5 @@ def test_non_tensor_output_is_a_clear_error():
 
 
 def test_bad_store_value():
-    with pytest.raises(TapError, match="Tap.store has an unknown value"):
+    with pytest.raises(TapError, match=r"Tap\.store has an unknown value"):
         Tap("fc1", store="sometimes")

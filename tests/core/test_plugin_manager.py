@@ -144,7 +144,7 @@ def test_unknown_option_lists_valid_ones(mlp):
 
 
 def test_validator_refusal_is_reported(mlp):
-    with pytest.raises(PluginLoadError, match="an option was refused.*beta"):
+    with pytest.raises(PluginLoadError, match=r"an option was refused.*beta"):
         infoshape.Session(mlp, plugins=[_WithOptions], options={"with_options": {"beta": -1.0}})
 
 

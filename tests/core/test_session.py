@@ -83,7 +83,9 @@ def test_loss_is_objective_plus_weighted_penalties(mlp, batch):
         s.step_end()
     stage, index, metrics = sink.rows[0]
     assert (stage, index) == ("step", 0)
-    assert metrics["penalty.l2_hidden"] == pytest.approx(float(hidden.pow(2).mean().detach()), rel=1e-6)
+    assert metrics["penalty.l2_hidden"] == pytest.approx(
+        float(hidden.pow(2).mean().detach()), rel=1e-6
+    )
     assert metrics["loss"] == pytest.approx(float(expected), rel=1e-6)
     assert metrics["loss.objective"] == pytest.approx(float(F.cross_entropy(out, y)), rel=1e-6)
     assert metrics["step.seen"] == 1.0
@@ -119,9 +121,10 @@ def test_probe_pass_restores_training_mode_and_batches(mlp, batch):
 def test_two_sessions_keep_separate_plugin_state(batch, make_mlp):
     x, y = batch
     a, b = make_mlp(0), make_mlp(1)
-    with infoshape.Session(a, plugins=[L2OfHidden]) as sa, infoshape.Session(
-        b, plugins=[L2OfHidden]
-    ) as sb:
+    with (
+        infoshape.Session(a, plugins=[L2OfHidden]) as sa,
+        infoshape.Session(b, plugins=[L2OfHidden]) as sb,
+    ):
         for _ in range(3):
             sa.loss(sa.model(x), y)
             sa.step_end()
@@ -263,9 +266,8 @@ class EndRecorder:
 
 def test_session_end_runs_on_exception_and_close_is_idempotent(mlp):
     EndRecorder.ended = 0
-    with pytest.raises(KeyError):
-        with infoshape.Session(mlp, plugins=[EndRecorder]) as s:
-            raise KeyError("user error")
+    with pytest.raises(KeyError), infoshape.Session(mlp, plugins=[EndRecorder]) as s:
+        raise KeyError("user error")
     s.close()
     assert EndRecorder.ended == 1
     with pytest.raises(infoshape.InfoshapeError, match="session is closed"):
