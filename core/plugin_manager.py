@@ -171,13 +171,12 @@ def _load_entry_point(ep: metadata.EntryPoint) -> PluginInfo:
             f"importing its entry point {ep.value!r} raised {err!r}",
             fix="fix the plugin module (the traceback above shows where)",
         ) from err
-    dist = ep.dist.name if ep.dist else None
     return PluginInfo(
         name=ep.name,
         plugin=_instantiate(ep.name, loaded),
         version=ep.dist.version if ep.dist else "unknown",
         source=f"entry point {ep.value}",
-        distribution=dist,
+        distribution=ep.dist.name if ep.dist else None,
     )
 
 

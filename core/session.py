@@ -383,9 +383,11 @@ class Session:
         captures: Mapping[str, torch.Tensor] = {}
         outputs = targets = None
         if probe is not None:
-            probe = as_probe(probe)
-            captures, outputs = run_probe(self._model, self._capture, probe, self.probe_batch_size)
-            targets = probe.y
+            probe_set = as_probe(probe)
+            captures, outputs = run_probe(
+                self._model, self._capture, probe_set, self.probe_batch_size
+            )
+            targets = probe_set.y
             if self._store is not None:
                 stored = {
                     r.name: (r.module, r.point)
@@ -394,7 +396,7 @@ class Session:
                 }
                 if stored:
                     self._store.write_probe(
-                        self.epoch, {n: captures[n] for n in stored}, probe=probe, taps=stored
+                        self.epoch, {n: captures[n] for n in stored}, probe=probe_set, taps=stored
                     )
         for plugin, result in self._call_each(
             "infoshape_metrics", captures=captures, outputs=outputs, targets=targets, stage="epoch"
@@ -446,13 +448,13 @@ class Session:
             return
         self.closed = True
         errors: list[BaseException] = []
-        steps = [
-            lambda: self._call_each("infoshape_session_end"),
-            lambda: self._capture.remove() if self._capture is not None else None,
-        ]
-        steps += [(lambda s=s: s.close()) for s in self._sinks if s is not self._store]
-        if self._store is not None:
-            steps.append(lambda: self._store.close(status=status))
+        store = self._store
+        steps: list[Callable[[], object]] = [lambda: self._call_each("infoshape_session_end")]
+        if self._capture is not None:
+            steps.append(self._capture.remove)
+        steps += [sink.close for sink in self._sinks if sink is not store]
+        if store is not None:
+            steps.append(lambda: store.close(status=status))
         for step in steps:
             try:
                 step()

@@ -110,16 +110,21 @@ class RunStore:
         self._probe: Appender | None = None
         self._probe_labels: np.ndarray | None = None
         self._stream: Appender | None = None
-        self._step_metrics = Appender(self.root["metrics"], "step")
-        self._epoch_metrics = Appender(self.root["metrics"], "epoch")
+        self._step_metrics = Appender(self._group("metrics"), "step")
+        self._epoch_metrics = Appender(self._group("metrics"), "epoch")
         self._metric_rows: list[tuple[int, dict[str, Any]]] = []
-        self._stream_rows: list[tuple[int, dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
+        self._stream_rows: list[tuple[int, dict[str, np.ndarray]]] = []
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._error: BaseException | None = None
         self._warned_full = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="infoshape-store", daemon=True)
         self._thread.start()
+
+    def _group(self, name: str) -> zarr.Group:
+        group = self.root[name]
+        assert isinstance(group, zarr.Group)
+        return group
 
     # ------------------------------------------------------------ thread
     def _run(self) -> None:
@@ -211,7 +216,7 @@ class RunStore:
             )
 
     def _create_probe(self, arrays, labels, sample, split, taps) -> Appender:
-        group = self.root["probe"]
+        group = self._group("probe")
         n = labels.shape[0]
         group.create_array("sample", data=sample, dimension_names=("sample",))
         group.create_array("label", data=labels, dimension_names=("sample",))
@@ -275,7 +280,7 @@ class RunStore:
         self._submit(job)
 
     def _create_stream(self, arrays, taps) -> Appender:
-        group = self.root["stream"]
+        group = self._group("stream")
         width = next(iter(arrays.values())).shape[0]
         group.create_array("sample", data=np.arange(width), dimension_names=("sample",))
         appender = Appender(group, "step")

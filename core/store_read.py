@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.core.metadata import ArrayV3Metadata
 
 from infoshape.errors import StoreError
 from infoshape.store_layout import APPEND_DIMS, NOT_COMMITTED
@@ -29,19 +30,29 @@ def committed_length(coord: np.ndarray) -> int:
 
 def _dataset(group: zarr.Group) -> xr.Dataset:
     arrays = dict(group.arrays())
-    lengths = {dim: committed_length(arrays[dim][:]) for dim in APPEND_DIMS if dim in arrays}
+    lengths = {
+        dim: committed_length(np.asarray(arrays[dim][:])) for dim in APPEND_DIMS if dim in arrays
+    }
     variables: dict[str, xr.Variable] = {}
     coord_names: set[str] = set()
     for name, array in arrays.items():
-        dims = tuple(array.metadata.dimension_names or ())
+        metadata = array.metadata
+        if not isinstance(metadata, ArrayV3Metadata):
+            raise StoreError(
+                f"array {group.name}/{name} is zarr v2",
+                expected="a zarr v3 store written by infoshape",
+                got=f"zarr format {metadata.zarr_format}",
+                fix="open it with xarray.open_zarr directly",
+            )
+        dims = tuple(metadata.dimension_names or ())
         if len(dims) != array.ndim:
             raise StoreError(
                 f"array {group.name}/{name} has no dimension_names",
                 expected="zarr v3 arrays with dimension_names",
-                got=str(array.metadata.dimension_names),
+                got=str(metadata.dimension_names),
                 fix="open the store with zarr directly; it was not written by infoshape",
             )
-        if array.metadata.data_type.to_native_dtype().kind in "OTU":
+        if metadata.data_type.to_native_dtype().kind in "OTU":
             data: Any = np.asarray(array[:])
         else:
             data = da.from_zarr(array)
