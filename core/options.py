@@ -143,4 +143,4 @@ def config_as_dict(config: Any) -> dict[str, Any]:
             return value
         return repr(value)
 
-    return attrs.asdict(config, value_serializer=_plain, retain_collection_types=False)
+    return attrs.asdict(config, value_serializer=_plain)

@@ -12,11 +12,12 @@ warns (as xarray's backend loader does).
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.metadata as metadata
 import inspect
 import types
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -120,10 +121,16 @@ def plugin_name(plugin: Any) -> str:
     return cls.__name__.lower()
 
 
+@functools.cache
+def _package_distributions() -> Mapping[str, list[str]]:
+    """Top-level import names to distributions (cached: it reads every RECORD file)."""
+    return metadata.packages_distributions()
+
+
 def _object_version(plugin: Any) -> tuple[str, str | None]:
     module = plugin if isinstance(plugin, types.ModuleType) else inspect.getmodule(plugin)
     top = (getattr(module, "__name__", "") or "").split(".", 1)[0]
-    for dist in metadata.packages_distributions().get(top, []):
+    for dist in _package_distributions().get(top, []):
         return metadata.version(dist), dist
     return str(getattr(plugin, "__version__", "unknown")), None
 

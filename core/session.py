@@ -123,11 +123,11 @@ class Session:
         for name, result in self._call_each("infoshape_taps"):
             taps.extend(self._checked_list(name, "infoshape_taps", result, Tap))
         self._capture = Capture(self._model, taps, on_nonfinite=self.on_nonfinite).attach()
-        for name, result in self._call_each("infoshape_sinks"):
-            self._sinks.extend(self._checked_list(name, "infoshape_sinks", result, MetricSink))
-        if store is not None:
+        if store is not None:  # before the sinks hook, so sinks can sit beside the store
             self._store = RunStore(store, manifest=self._manifest(run_config), overwrite=overwrite)
             self._sinks.insert(0, self._store)
+        for name, result in self._call_each("infoshape_sinks"):
+            self._sinks.extend(self._checked_list(name, "infoshape_sinks", result, MetricSink))
 
     def _manifest(self, run_config: Mapping[str, Any] | None) -> dict[str, Any]:
         import xarray

@@ -3,3 +3,5 @@
 Each is registered under the ``infoshape.plugins`` entry-point group exactly as
 a third-party plugin would be; the runtime knows none of them by name.
 """
+
+__all__: list[str] = []
