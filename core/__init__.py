@@ -11,9 +11,10 @@ Plugins implement the hooks of :mod:`infoshape.hookspecs`, marked with
 entry-point group.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from infoshape.capture import Tap
 from infoshape.errors import (
     CaptureError,
     ConfigError,
@@ -28,25 +29,59 @@ from infoshape.errors import (
     TapError,
     UnknownNameError,
 )
-from infoshape.hookspecs import hookimpl
-from infoshape.objective import Penalty
-from infoshape.plugin_manager import build_plugin_manager
-from infoshape.probe import Probe
-from infoshape.registry import (
-    DatasetSpec,
-    Estimator,
-    get_dataset,
-    get_estimator,
-    list_datasets,
-    list_estimators,
-)
-from infoshape.session import Session
-from infoshape.store import open_store
 
 try:
     __version__ = version("infoshape")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
+
+# Public names are imported on first use (PEP 562), so that `infoshape --help`
+# and `import infoshape.errors` do not pay for torch, xarray and dask.
+_LAZY = {
+    "Tap": "infoshape.capture",
+    "hookimpl": "infoshape.hookspecs",
+    "Penalty": "infoshape.objective",
+    "build_plugin_manager": "infoshape.plugin_manager",
+    "Probe": "infoshape.probe",
+    "DatasetSpec": "infoshape.registry",
+    "Estimator": "infoshape.registry",
+    "get_dataset": "infoshape.registry",
+    "get_estimator": "infoshape.registry",
+    "list_datasets": "infoshape.registry",
+    "list_estimators": "infoshape.registry",
+    "Session": "infoshape.session",
+    "open_store": "infoshape.store_read",
+}
+
+if TYPE_CHECKING:
+    from infoshape.capture import Tap
+    from infoshape.hookspecs import hookimpl
+    from infoshape.objective import Penalty
+    from infoshape.plugin_manager import build_plugin_manager
+    from infoshape.probe import Probe
+    from infoshape.registry import (
+        DatasetSpec,
+        Estimator,
+        get_dataset,
+        get_estimator,
+        list_datasets,
+        list_estimators,
+    )
+    from infoshape.session import Session
+    from infoshape.store_read import open_store
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'infoshape' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CaptureError",

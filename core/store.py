@@ -112,8 +112,9 @@ class RunStore:
         self._stream: Appender | None = None
         self._step_metrics = Appender(self._group("metrics"), "step")
         self._epoch_metrics = Appender(self._group("metrics"), "epoch")
-        self._metric_rows: list[tuple[int, dict[str, Any]]] = []
-        self._stream_rows: list[tuple[int, dict[str, np.ndarray]]] = []
+        self._metric_rows: list[tuple[int, dict[str, Any]]] = []  # main thread only
+        self._stream_rows: list[tuple[int, dict[str, np.ndarray]]] = []  # writer thread only
+        self._stream_block = 1
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._error: BaseException | None = None
         self._warned_full = False
@@ -274,7 +275,7 @@ class RunStore:
                 index_array if index_array is not None else fill, width, -1
             )
             self._stream_rows.append((step, fitted))
-            if len(self._stream_rows) >= self.flush_steps:
+            if len(self._stream_rows) >= self._stream_block:
                 self._flush_stream()
 
         self._submit(job)
@@ -314,6 +315,8 @@ class RunStore:
                 },
                 row_chunk=chunk_rows(row_bytes, 256),
             )
+        # buffer one chunk of rows: writes stay chunk-aligned and memory stays bounded
+        self._stream_block = min(a.chunks[0] for a in appender.variables.values())
         return appender
 
     def _flush_stream(self) -> None:
@@ -323,26 +326,26 @@ class RunStore:
 
     # ------------------------------------------------------------ metrics
     def write(self, stage: str, index: int, metrics: Mapping[str, Any]) -> None:
-        """Queue the metrics of step or epoch ``index`` (the :class:`MetricSink` method)."""
+        """Queue the metrics of step or epoch ``index`` (the :class:`MetricSink` method).
+
+        Step metrics are gathered here and queued as one block every ``flush_steps``
+        steps, so a fast training loop does not fill the queue with tiny writes.
+        """
         if stage not in ("step", "epoch"):
             raise StoreError("unknown metric stage", expected='"step" or "epoch"', got=stage)
-        values = dict(metrics)
+        if stage == "step":
+            self._metric_rows.append((index, dict(metrics)))
+            if len(self._metric_rows) >= self.flush_steps:
+                self._submit_step_metrics()
+            return
+        self._submit_step_metrics()
+        row = [(index, dict(metrics))]
+        self._submit(lambda: self._append_metrics(self._epoch_metrics, row))
 
-        def job() -> None:
-            if stage == "epoch":
-                self._flush_metrics()
-                self._append_metrics(self._epoch_metrics, [(index, values)])
-            else:
-                self._metric_rows.append((index, values))
-                if len(self._metric_rows) >= self.flush_steps:
-                    self._flush_metrics()
-
-        self._submit(job)
-
-    def _flush_metrics(self) -> None:
-        if self._metric_rows:
-            self._append_metrics(self._step_metrics, self._metric_rows)
-        self._metric_rows = []
+    def _submit_step_metrics(self) -> None:
+        rows, self._metric_rows = self._metric_rows, []
+        if rows:
+            self._submit(lambda: self._append_metrics(self._step_metrics, rows))
 
     def _append_metrics(self, appender: Appender, rows: list[tuple[int, dict[str, Any]]]) -> None:
         for _, values in rows:
@@ -376,12 +379,8 @@ class RunStore:
         Raises:
             StoreWriteError: when the writer failed (the committed part stays readable).
         """
-
-        def job() -> None:
-            self._flush_stream()
-            self._flush_metrics()
-
-        self._submit(job)
+        self._submit_step_metrics()
+        self._submit(self._flush_stream)
         self._queue.join()
         self._raise_if_failed()
 

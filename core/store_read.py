@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
@@ -55,6 +54,8 @@ def _dataset(group: zarr.Group) -> xr.Dataset:
         if metadata.data_type.to_native_dtype().kind in "OTU":
             data: Any = np.asarray(array[:])
         else:
+            import dask.array as da  # lazily: dask costs a second at import
+
             data = da.from_zarr(array)
         index = tuple(
             slice(0, min(lengths[d], array.shape[i])) if d in lengths else slice(None)
