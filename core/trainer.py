@@ -1,0 +1,478 @@
+"""The built-in training loop behind ``infoshape train``.
+
+Users with their own loop (or Lightning) talk to :class:`~infoshape.Session`
+directly; this module is that loop for the zoo models and registered data
+sets, configured by one frozen :class:`TrainConfig`::
+
+    from infoshape.trainer import TrainConfig, train
+    result = train(TrainConfig(model="mlp", dataset="digits", epochs=10, plugins=("csv",)))
+    result.test_accuracy, result.store
+
+Each epoch: the training steps (``s.loss`` → backward → step → ``s.step_end``),
+then test accuracy/loss and train accuracy/loss (``test.*``, ``train.*``,
+logged before ``s.epoch_end``), then ``s.epoch_end`` with the probe set (at
+most ``probe_size`` test samples, drawn by a seeded permutation) whose taps
+are stored as ``(epoch, sample, ...)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attr
+import attrs
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from infoshape.capture import Tap
+from infoshape.errors import ConfigError, DatasetNotFoundError
+from infoshape.models import build_model
+from infoshape.probe import Probe
+from infoshape.registry import get_dataset
+from infoshape.session import Session
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "seed_everything", "train"]
+
+
+# ------------------------------------------------------------------ config
+def _setting(expected: str, test: Callable[[Any], bool], example: str) -> Callable[..., None]:
+    """An attrs validator raising :class:`ConfigError` with the field, value and constraint."""
+
+    def validate(_instance: object, attribute: attrs.Attribute, value: Any) -> None:
+        if not test(value):
+            raise ConfigError(
+                f"train setting {attribute.name!r} is invalid",
+                expected=expected,
+                got=f"{value!r} ({type(value).__name__})",
+                fix=f"give {attribute.name} {expected}, e.g. {example}",
+            )
+
+    return validate
+
+
+def _text(what: str, example: str, optional: bool = False) -> Callable[..., None]:
+    """A non-empty string (or, when ``optional``, also None)."""
+    expected = f"{what} (text){' or None' if optional else ''}"
+    return _setting(expected, lambda v: _is_str(v) or (optional and v is None), example)
+
+
+def _int_at_least(low: int, example: str) -> Callable[..., None]:
+    return _setting(f"an integer >= {low}", lambda v: _is_int(v) and v >= low, example)
+
+
+def _boolean() -> Callable[..., None]:
+    return _setting("true or false", lambda v: isinstance(v, bool), "true")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _to_float(value: Any) -> Any:
+    return float(value) if _is_int(value) else value
+
+
+def _to_optional_str(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _to_names(value: Any) -> Any:
+    if value is None or isinstance(value, tuple):
+        return value
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, tuple) and all(_is_str(v) for v in value)
+
+
+def _options(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, Mapping) for k, v in value.items()
+    )
+
+
+def _device(value: Any) -> bool:
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
+def _default_store(config: TrainConfig) -> str:
+    return f"runs/{config.dataset}-{config.model}.zarr"
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """Everything a built-in training run needs; the CLI flags and the TOML file map onto it.
+
+    Attributes:
+        model: zoo model name (``infoshape.models.MODELS``).
+        dataset: registered data-set name (``infoshape datasets`` lists them).
+        data_root: local folder of data sets that need files (MNIST, CIFAR-10).
+        epochs: number of passes over the training split.
+        batch_size: training batch size.
+        lr: learning rate.
+        optimizer: ``"adam"`` (Adam) or ``"sgd"`` (plain SGD, no momentum).
+        seed: seeds torch, numpy, random, the shuffling and the probe draw.
+        plugins: plugin names to enable (entry points of ``infoshape.plugins``).
+        options: per-plugin options, ``{"csv": {"path": "m.csv"}}``.
+        model_options: options of the zoo model (``hidden`` for mlp, ``channels`` for cnn).
+        store: path of the zarr store (default ``runs/<dataset>-<model>.zarr``); ``None``
+            writes no store.
+        overwrite: replace an existing store.
+        probe: pass a probe set (test samples) at each epoch end and store its taps.
+        probe_size: at most this many probe samples.
+        taps: module names (globs) whose outputs are stored for the probe set; ``None``
+            means the model's ``default_taps``.
+        device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        progress: show a progress bar (only on a terminal).
+    """
+
+    model: str = attrs.field(default="mlp", validator=_text("a model name", "'cnn'"))
+    dataset: str = attrs.field(default="digits", validator=_text("a data-set name", "'mnist'"))
+    data_root: str | None = attrs.field(
+        default=None,
+        converter=_to_optional_str,
+        validator=_text("a folder", "'~/data'", optional=True),
+    )
+    epochs: int = attrs.field(default=10, validator=_int_at_least(1, "10"))
+    batch_size: int = attrs.field(default=64, validator=_int_at_least(1, "64"))
+    lr: float = attrs.field(
+        default=1e-3,
+        converter=_to_float,
+        validator=_setting("a float > 0", lambda v: isinstance(v, float) and v > 0, "0.001"),
+    )
+    optimizer: str = attrs.field(
+        default="adam",
+        validator=_setting("'adam' or 'sgd'", lambda v: v in ("adam", "sgd"), "'sgd'"),
+    )
+    seed: int = attrs.field(default=0, validator=_int_at_least(0, "0"))
+    plugins: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_to_names,
+        validator=_setting("a list of plugin names", _names, "['csv']"),
+    )
+    options: dict[str, dict[str, Any]] = attrs.field(
+        factory=dict,
+        validator=_setting(
+            "a table per plugin: {plugin: {option: value}}", _options, "{csv = {path = 'm.csv'}}"
+        ),
+    )
+    model_options: dict[str, Any] = attrs.field(
+        factory=dict,
+        validator=_setting(
+            "a table {option: value}", lambda v: isinstance(v, Mapping), "{hidden = [128, 64]}"
+        ),
+    )
+    store: str | None = attrs.field(
+        default=attrs.Factory(_default_store, takes_self=True),
+        converter=_to_optional_str,
+        validator=_text("a store path", "'runs/a.zarr'", optional=True),
+    )
+    overwrite: bool = attrs.field(default=False, validator=_boolean())
+    probe: bool = attrs.field(default=True, validator=_boolean())
+    probe_size: int = attrs.field(default=1000, validator=_int_at_least(1, "1000"))
+    taps: tuple[str, ...] | None = attrs.field(
+        default=None,
+        converter=_to_names,
+        validator=_setting(
+            "a list of module names (or None)", lambda v: v is None or _names(v), "['relu1']"
+        ),
+    )
+    device: str = attrs.field(
+        default="cpu", validator=_setting("a torch device name", _device, "'cuda'")
+    )
+    progress: bool = attrs.field(default=True, validator=_boolean())
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, Any]) -> TrainConfig:
+        """Build a config from a mapping (a parsed TOML file), refusing unknown keys.
+
+        Raises:
+            ConfigError: an unknown key (listing the valid ones) or an invalid value.
+        """
+        known = [f.name for f in attrs.fields(cls)]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+            raise ConfigError(
+                f"unknown train setting {unknown[0]!r}",
+                expected=f"settings among: {', '.join(known)}",
+                got=", ".join(unknown),
+                fix=f"did you mean {close[0]!r}?" if close else "remove it",
+            )
+        return cls(**settings)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The config as plain data (lists, dicts), as recorded in the run manifest."""
+        return attr.asdict(self, retain_collection_types=False)
+
+
+@attrs.frozen(kw_only=True)
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        train_accuracy: accuracy on the whole training split after the last epoch.
+        train_loss: mean cross-entropy on the training split after the last epoch.
+        test_accuracy: accuracy on the whole test split after the last epoch.
+        test_loss: mean cross-entropy on the test split after the last epoch.
+        store: the store's path, or ``None`` when no store was written.
+        elapsed_s: wall-clock seconds of the whole run (loading data included).
+        history: per epoch, the metrics logged at its end (``train.*``, ``test.*``, and
+            those returned by ``Session.epoch_end``).
+        config: the config run, with ``taps`` resolved to the module names stored.
+    """
+
+    train_accuracy: float
+    train_loss: float
+    test_accuracy: float
+    test_loss: float
+    store: Path | None
+    elapsed_s: float
+    history: tuple[dict[str, Any], ...]
+    config: TrainConfig
+
+
+# ------------------------------------------------------------------ pieces
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _Indexed(Dataset):
+    """Yields ``(x, y, index)`` so each batch knows its samples' data-set indices."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        x, y = self.dataset[index]
+        return x, y, index
+
+
+class _LatestStepMetrics:
+    """A metric sink keeping the last step's loss and penalties (for the progress bar)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, float] = {}
+
+    def write(self, stage: str, index: int, metrics: Mapping[str, Any]) -> None:
+        if stage == "step":
+            self.latest = {
+                k: float(v)
+                for k, v in metrics.items()
+                if (k == "loss" or k.startswith("penalty.")) and np.ndim(v) == 0
+            }
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def postfix(self) -> dict[str, str]:
+        return {k: f"{v:.4g}" for k, v in self.latest.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: Dataset, device: torch.device | str = "cpu", batch_size: int = 512
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``dataset``, in eval mode.
+
+    The model's train/eval mode is restored afterwards.
+
+    Returns:
+        ``(accuracy, loss)``.
+    """
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    try:
+        for x, y in DataLoader(dataset, batch_size=batch_size):
+            x, y = x.to(device), torch.as_tensor(y).to(device)
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            n += int(y.shape[0])
+    finally:
+        model.train(was_training)
+    return correct / max(n, 1), loss_sum / max(n, 1)
+
+
+def _probe_set(test_set: Dataset, size: int, seed: int) -> Probe:
+    """The first ``size`` samples of a seeded permutation of ``test_set``, in index order."""
+    n_test = len(test_set)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(n_test, generator=generator)[:size].sort().values
+    items = [test_set[int(i)] for i in chosen]
+    x = torch.stack([torch.as_tensor(x) for x, _ in items])
+    y = torch.as_tensor([int(y) for _, y in items], dtype=torch.int64)
+    return Probe(x=x, y=y, sample=chosen.numpy(), split="test")
+
+
+def _torch_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "CUDA was requested but is not available",
+            expected="a machine with a CUDA GPU and a CUDA build of torch",
+            got=f"device={name!r}, torch.cuda.is_available() is False",
+            fix="use --device cpu",
+        )
+    return device
+
+
+def _optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr)
+    return torch.optim.Adam(params, lr=config.lr)
+
+
+def _load_splits(config: TrainConfig) -> tuple[Any, Dataset, Dataset]:
+    spec = get_dataset(config.dataset)
+    if spec.needs_root and config.data_root is None:
+        raise DatasetNotFoundError(
+            f"data set {spec.name!r} needs its files in a local folder",
+            expected="data_root naming that folder",
+            got="no data root",
+            fix="pass --data-root DIR (data_root in a config file); "
+            "`infoshape datasets` says which data sets need one",
+        )
+    return spec, spec.load("train", config.data_root), spec.load("test", config.data_root)
+
+
+def _progress_bar(config: TrainConfig, steps: int, epoch: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        unit="step",
+        disable=not (config.progress and sys.stderr.isatty()),
+        dynamic_ncols=True,
+    )
+
+
+def _train_epoch(
+    s: Session,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    bar: Any,
+    latest: _LatestStepMetrics,
+) -> None:
+    """One pass over ``loader``: loss (objective + penalties), backward, step, ``step_end``."""
+    s.model.train()
+    for x, y, index in loader:
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = s.loss(s.model(x), y, index=index)
+        loss.backward()
+        optimizer.step()
+        s.step_end()
+        bar.set_postfix(latest.postfix(), refresh=False)
+        bar.update(1)
+
+
+def _evaluate_splits(
+    model: nn.Module, train_set: Dataset, test_set: Dataset, device: torch.device
+) -> dict[str, Any]:
+    """``test.accuracy``, ``test.loss``, ``train.accuracy``, ``train.loss`` (cross-entropy)."""
+    test_accuracy, test_loss = evaluate(model, test_set, device)
+    train_accuracy, train_loss = evaluate(model, train_set, device)
+    return {
+        "test.accuracy": test_accuracy,
+        "test.loss": test_loss,
+        "train.accuracy": train_accuracy,
+        "train.loss": train_loss,
+    }
+
+
+# ------------------------------------------------------------------ loop
+def train(config: TrainConfig) -> TrainResult:
+    """Train ``config.model`` on ``config.dataset`` through a :class:`~infoshape.Session`.
+
+    Returns:
+        the final accuracies and losses, the store path and the elapsed time.
+
+    Raises:
+        UnknownNameError: unknown model or data set.
+        DatasetNotFoundError: the data set's files are missing.
+        PluginLoadError: a plugin is missing or given an invalid option.
+        ConfigError: an invalid setting, or CUDA requested but unavailable.
+        StoreError: the store exists and ``overwrite`` is false.
+    """
+    start = time.perf_counter()
+    device = _torch_device(config.device)
+    seed_everything(config.seed)
+    spec, train_set, test_set = _load_splits(config)
+    model = build_model(config.model, spec.input_shape, spec.n_classes, **config.model_options)
+    model.to(device)
+    taps = config.taps if config.taps is not None else tuple(getattr(model, "default_taps", ()))
+    config = attrs.evolve(config, taps=taps)
+    probe = _probe_set(test_set, config.probe_size, config.seed) if config.probe else None
+    loader = DataLoader(
+        _Indexed(train_set),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    latest = _LatestStepMetrics()
+    history: list[dict[str, Any]] = []
+    session = Session(
+        model,
+        plugins=list(config.plugins),
+        options=config.options,
+        store=config.store,
+        n_train=len(train_set),  # type: ignore[arg-type]
+        taps=[Tap(name, store=True) for name in taps] if probe is not None else [],
+        seed=config.seed,
+        overwrite=config.overwrite,
+        run_config=config.as_dict(),
+        sinks=[latest],
+    )
+    with session as s:
+        optimizer = _optimizer(config, s.model.parameters())  # after plugins wrapped it
+        for epoch in range(config.epochs):
+            with _progress_bar(config, len(loader), epoch) as bar:
+                _train_epoch(s, loader, optimizer, device, bar, latest)
+                metrics = _evaluate_splits(s.model, train_set, test_set, device)
+                bar.set_postfix(
+                    {**latest.postfix(), "test.accuracy": f"{metrics['test.accuracy']:.3f}"}
+                )
+            s.log_metrics(metrics, stage="epoch")
+            metrics.update(s.epoch_end(probe=probe))
+            history.append(metrics)
+    last = history[-1]
+    return TrainResult(
+        train_accuracy=last["train.accuracy"],
+        train_loss=last["train.loss"],
+        test_accuracy=last["test.accuracy"],
+        test_loss=last["test.loss"],
+        store=Path(config.store) if config.store is not None else None,
+        elapsed_s=time.perf_counter() - start,
+        history=tuple(history),
+        config=config,
+    )

@@ -1,0 +1,220 @@
+"""The ``infoshape`` command line, run as real subprocesses.
+
+Each subprocess imports torch (about 5 s of CPU on a small machine), so the
+commands are started together, once per module, and the tests read their
+results; the help texts of ``plugins`` and ``datasets`` and the option parsing
+are checked in-process, through the same ``main``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import xarray
+
+CLI = [sys.executable, "-m", "infoshape.cli"]
+SCRIPT = Path(sys.executable).with_name("infoshape")  # the installed console script
+TRAIN_FLAGS = ["--epochs", "2", "--lr", "0.01", "--seed", "3", "--tap", "fc*", "--no-progress"]
+TRAIN_TOML = """\
+epochs = 2
+lr = 0.01
+seed = 3
+taps = ["fc*"]
+progress = false
+plugins = ["csv"]
+[options.csv]
+path = "{csv}"
+"""
+
+
+def _broken_site(root: Path) -> Path:
+    """A site folder with an installed distribution whose plugin cannot be imported."""
+    info = root / "brokenplug-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[infoshape.plugins]\nbroken = brokenplug_mod\n")
+    (root / "brokenplug_mod.py").write_text("import a_module_that_does_not_exist\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("cli")
+    config = work / "run.toml"
+    config.write_text(TRAIN_TOML.format(csv=(work / "file.csv").as_posix()))
+    env = {**os.environ, "COLUMNS": "100"}
+    broken_env = {**env, "PYTHONPATH": str(_broken_site(work / "site"))}
+    commands = {
+        "help train": (["train", "--help"], env),
+        "train flags": (
+            ["train", *TRAIN_FLAGS, "--store", "flags.zarr", "--csv", str(work / "flags.csv")],
+            env,
+        ),
+        "train config": (["train", "--config", str(config), "--store", "file.zarr"], env),
+        "unknown plugin": (["train", "--plugin", "nope", "--store", "nope.zarr"], env),
+        "plugins": (["plugins", "--options"], broken_env),
+        "datasets": (["datasets"], env),
+    }
+    running = {
+        name: subprocess.Popen(
+            [*([str(SCRIPT)] if name == "help train" else CLI), *args],  # the script once
+            cwd=work,
+            env=e,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (args, e) in commands.items()
+    }
+    done = {}
+    for name, process in running.items():
+        stdout, stderr = process.communicate(timeout=300)
+        done[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    done["work"] = work  # type: ignore[assignment]
+    return done
+
+
+def _ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_train_help_from_the_console_script(results):
+    out = _ok(results["help train"])
+    for flag in (
+        "--config FILE.toml",
+        "--option PLUGIN.KEY=VALUE",
+        "--data-root DIR",
+        "--no-probe",
+    ):
+        assert flag in out
+    assert "examples:" in out and "config file (TOML)" in out and "open_datatree" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--help"], ["train", "plugins", "datasets", "examples:"]),
+        (["plugins", "--help"], ["--options", "examples:", "fails to load"]),
+        (["datasets", "--help"], ["--data-root", "examples:"]),
+    ],
+)
+def test_help_of_each_command(capsys, argv, expected):
+    from infoshape.cli import main
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert all(text in out for text in expected), out
+
+
+def test_usage_error_exits_2(capsys):
+    from infoshape.cli import main
+
+    assert main(["train", "--epochs", "many"]) == 2
+    assert "invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_train_with_flags_writes_store_csv_and_summary(results):
+    out = _ok(results["train flags"])
+    work = results["work"]
+    assert "trained mlp on digits for 2 epochs" in out
+    accuracy = float(out.split("test accuracy")[1].split()[0])
+    assert accuracy > 0.5  # 2 epochs at lr 0.01 reach ~0.9 (see tests/core/test_trainer.py)
+    assert 'xarray.open_datatree("flags.zarr", engine="zarr")' in out
+    tree = xarray.open_datatree(work / "flags.zarr", engine="zarr")
+    probe = tree["probe"].to_dataset()
+    assert set(probe.data_vars) == {"fc1", "fc2"}  # --tap 'fc*'
+    assert probe["fc1"].dims == ("epoch", "sample", "fc1_unit")
+    with (work / "flags.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert {"stage", "index", "name", "value"} == set(rows[0])
+    assert any(r["stage"] == "epoch" and r["name"] == "test.accuracy" for r in rows)
+
+
+def test_config_file_equals_flags(results):
+    _ok(results["train config"])
+    work = results["work"]
+    configs = {}
+    for name in ("flags", "file"):
+        config = dict(xarray.open_datatree(work / f"{name}.zarr", engine="zarr").attrs["config"])
+        assert config.pop("store") == f"{name}.zarr"
+        config["options"]["csv"].pop("path")
+        configs[name] = config
+    assert configs["flags"] == configs["file"]
+    assert configs["file"]["seed"] == 3 and configs["file"]["taps"] == ["fc*"]
+    assert (work / "file.csv").is_file()
+
+
+def test_unknown_plugin_exits_2_with_the_message(results):
+    result = results["unknown plugin"]
+    assert result.returncode == 2
+    assert "plugin 'nope': is not installed" in result.stderr
+    assert "`infoshape plugins` lists what is installed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plugins_lists_installed_and_broken(results):
+    out = _ok(results["plugins"])
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "configure, sinks" in lines["csv"] and "infoshape" in lines["csv"]
+    assert "datasets" in lines["builtin_datasets"]
+    assert "BROKEN" in lines["broken"]
+    assert "a_module_that_does_not_exist" in out  # the error, listed
+    assert "    path: str | None = None" in out  # --options: csv's Config field
+
+
+def test_datasets_lists_digits(results):
+    out = _ok(results["datasets"])
+    row = next(line for line in out.splitlines() if line.startswith("digits"))
+    assert row.split()[:4] == ["digits", "10", "1x8x8", "no"]
+    assert "cifar10" in out and "3x32x32" in out
+
+
+def test_option_values_are_toml():
+    from infoshape.cli import parse_assignment
+
+    assert parse_assignment("shade.beta=0.1", dotted=True) == ("shade", "beta", 0.1)
+    assert parse_assignment("csv.path=m.csv", dotted=True) == ("csv", "path", "m.csv")
+    assert parse_assignment('a.name="x y"', dotted=True) == ("a", "name", "x y")
+    assert parse_assignment("a.ks=[1, 2]", dotted=True) == ("a", "ks", [1, 2])
+    assert parse_assignment("hidden=[8]", dotted=False) == (None, "hidden", [8])
+
+
+@pytest.mark.parametrize("text", ["beta=0.1", "shade.beta", ".beta=1"])
+def test_malformed_option_is_refused(text):
+    import infoshape
+    from infoshape.cli import parse_assignment
+
+    with pytest.raises(infoshape.ConfigError, match=r"PLUGIN\.KEY=VALUE"):
+        parse_assignment(text, dotted=True)
+
+
+def test_flags_override_the_file(tmp_path):
+    from infoshape.cli import build_parser, train_settings
+
+    file = tmp_path / "c.toml"
+    file.write_text(
+        textwrap.dedent(
+            """\
+            epochs = 5
+            plugins = ["csv"]
+            store = false
+            [options.csv]
+            path = "a.csv"
+            append = true
+            """
+        )
+    )
+    args = build_parser().parse_args(
+        ["train", "--config", str(file), "--epochs", "1", "--option", "csv.path=b.csv"]
+    )
+    settings = train_settings(args)
+    assert settings["epochs"] == 1 and settings["store"] is None
+    assert settings["options"] == {"csv": {"path": "b.csv", "append": True}}
+    assert settings["plugins"] == ["csv"]
