@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -20,7 +19,7 @@ import attrs
 import torch
 from torch import nn
 
-from infoshape.errors import CaptureError, NonFiniteError, TapError
+from infoshape.errors import CaptureError, TapError, report_nonfinite
 
 __all__ = ["Capture", "Tap"]
 
@@ -247,12 +246,9 @@ class Capture:
         if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
             return
         n_bad = int((~torch.isfinite(tensor)).sum())
-        problem = f"tap {r.name!r} ({r.module}, {r.point}) holds {n_bad} NaN/Inf values"
-        if self.on_nonfinite == "warn":
-            warnings.warn(problem, RuntimeWarning, stacklevel=3)
-            return
-        raise NonFiniteError(
-            problem,
+        report_nonfinite(
+            self.on_nonfinite,
+            f"tap {r.name!r} ({r.module}, {r.point}) holds {n_bad} NaN/Inf values",
             expected="finite activations",
             got=f"{n_bad} of {tensor.numel()} values non-finite",
             fix="lower the learning rate or check the input; on_nonfinite='warn' continues",

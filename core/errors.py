@@ -7,6 +7,8 @@ infoshape.InfoshapeError`` catches all of them.
 
 from __future__ import annotations
 
+import warnings
+
 __all__ = [
     "CaptureError",
     "ConfigError",
@@ -98,6 +100,14 @@ class CaptureError(_Explained, RuntimeError):
 
 class NonFiniteError(_Explained, FloatingPointError):
     """A captured tensor, a penalty or the loss holds NaN or Inf."""
+
+
+def report_nonfinite(policy: str, problem: str, *, expected: str, got: str, fix: str) -> None:
+    """Warn (``policy="warn"``) or raise :class:`NonFiniteError` for NaN/Inf values."""
+    if policy == "warn":
+        warnings.warn(problem, RuntimeWarning, stacklevel=4)
+        return
+    raise NonFiniteError(problem, expected=expected, got=got, fix=fix)
 
 
 class StoreError(_Explained):

@@ -27,7 +27,12 @@ import torch
 from torch import nn
 
 from infoshape.capture import Capture, Tap
-from infoshape.errors import NonFiniteError, PluginHookError, PluginLoadError
+from infoshape.errors import (
+    NonFiniteError,
+    PluginHookError,
+    PluginLoadError,
+    report_nonfinite,
+)
 from infoshape.objective import Penalty, cross_entropy
 from infoshape.options import build_config, config_as_dict
 from infoshape.plugin_manager import PluginInfo, PluginManager, build_plugin_manager
@@ -312,14 +317,9 @@ class Session:
         if self.on_nonfinite == "ignore" or bool(torch.isfinite(total)):
             return
         bad = [k for k, v in self._pending.items() if not bool(torch.isfinite(v))]
-        problem = f"the loss is not finite at step {self.step} ({', '.join(bad)})"
-        if self.on_nonfinite == "warn":
-            import warnings
-
-            warnings.warn(problem, RuntimeWarning, stacklevel=3)
-            return
-        raise NonFiniteError(
-            problem,
+        report_nonfinite(
+            self.on_nonfinite,
+            f"the loss is not finite at step {self.step} ({', '.join(bad)})",
             expected="finite objective and penalties",
             got=", ".join(f"{k}={float(self._pending[k])}" for k in bad),
             fix="lower the learning rate or the penalty weight; on_nonfinite='warn' continues",
