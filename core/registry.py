@@ -37,6 +37,11 @@ class Estimator:
         differentiable: whether ``function`` keeps the autograd graph (usable in a penalty).
         cost: a short cost class, e.g. ``"O(N^3)"``.
         description: one line for listings.
+        information_plane: ``information_plane(x, t, labels) -> (I(X;T), I(T;Y))`` used by
+            offline analysis (``infoshape analyze``): ``x`` the probe inputs and ``t`` a
+            layer's representation, both ``(N, features)`` float64 tensors (samples
+            flattened), ``labels`` ``(N,)`` int64; returns two scalar tensors in ``unit``.
+            ``None`` when the estimator cannot place a layer on the information plane.
     """
 
     name: str
@@ -45,6 +50,7 @@ class Estimator:
     differentiable: bool = False
     cost: str = ""
     description: str = ""
+    information_plane: Callable[..., tuple[Any, Any]] | None = None
 
 
 @attrs.frozen(kw_only=True)

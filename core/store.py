@@ -40,6 +40,7 @@ from infoshape.errors import StoreError, StoreWriteError
 from infoshape.probe import Probe
 from infoshape.store_layout import (
     GROUPS,
+    INPUT,
     Appender,
     chunk_rows,
     metric_dims,
@@ -71,7 +72,8 @@ class RunStore:
         manifest: the run manifest, written to the root attrs.
         overwrite: replace an existing store.
         queue_size: the writer queue's capacity (pending writes).
-        flush_steps: step metrics and streamed rows are written in blocks of this many steps.
+        flush_steps: step metrics are written in blocks of this many steps.
+        store_probe_inputs: keep the probe inputs once as ``probe/input`` (for I(X;T)).
 
     Raises:
         StoreError: ``path`` exists and ``overwrite`` is false.
@@ -84,9 +86,11 @@ class RunStore:
         overwrite: bool = False,
         queue_size: int = 32,
         flush_steps: int = 100,
+        store_probe_inputs: bool = True,
     ) -> None:
         self.path = Path(path)
         self.flush_steps = flush_steps
+        self.store_probe_inputs = store_probe_inputs
         if self.path.exists():
             if not overwrite:
                 raise StoreError(
@@ -188,15 +192,17 @@ class RunStore:
         Raises:
             StoreError: when the probe set differs from the one stored at earlier epochs.
         """
+        first = self._probe_labels is None
         labels = _to_numpy(probe.y, "int64")
         self._check_probe(labels)
         arrays = {name: _to_numpy(value) for name, value in captures.items()}
+        inputs = _to_numpy(probe.x) if first and self.store_probe_inputs else None
         sample = probe.sample_index
         split = probe.split
 
         def job() -> None:
             if self._probe is None:
-                self._probe = self._create_probe(arrays, labels, sample, split, taps)
+                self._probe = self._create_probe(arrays, labels, sample, split, taps, inputs)
             self._probe.append(epoch, arrays)
 
         self._submit(job)
@@ -216,11 +222,18 @@ class RunStore:
                 fix="pass the same probe=(x, y) to every epoch_end",
             )
 
-    def _create_probe(self, arrays, labels, sample, split, taps) -> Appender:
+    def _create_probe(self, arrays, labels, sample, split, taps, inputs) -> Appender:
         group = self._group("probe")
         n = labels.shape[0]
         group.create_array("sample", data=sample, dimension_names=("sample",))
         group.create_array("label", data=labels, dimension_names=("sample",))
+        if inputs is not None and INPUT not in arrays:
+            group.create_array(
+                INPUT,
+                data=inputs,
+                dimension_names=("sample", *tap_dims(INPUT, inputs.shape[1:])),
+                attributes={"description": "the probe set's inputs X (stored once)"},
+            )
         split_array = group.create_array(
             "split", shape=(n,), dtype=str, dimension_names=("sample",)
         )

@@ -17,6 +17,7 @@ from infoshape.errors import StoreError
 __all__ = [
     "APPEND_DIMS",
     "GROUPS",
+    "INPUT",
     "NOT_COMMITTED",
     "Appender",
     "chunk_rows",
@@ -31,6 +32,8 @@ GROUPS = {
     "analysis": "results of offline analyses (infoshape analyze)",
 }
 APPEND_DIMS = ("epoch", "step")
+INPUT = "input"
+"""Name of the probe group's variable holding the probe inputs X, dims ``(sample, input_*)``."""
 NOT_COMMITTED = -1
 """Fill value of the ``epoch``/``step`` coordinate: a row holding it is not committed."""
 

@@ -52,6 +52,9 @@ def test_probe_store_schema_and_values(tmp_path, mlp, batch):
     np.testing.assert_allclose(probe["relu1"].sel(epoch=1).values, expected, rtol=1e-6)
     # relu1 is the input of fc2: both taps hold the same numbers
     np.testing.assert_array_equal(probe["relu1"].values, probe["fc2_pre"].values)
+    # the probe inputs X are stored once, for I(X;T)
+    np.testing.assert_array_equal(probe["input"].values, x.numpy())
+    assert probe["input"].dims == ("sample", "input_unit")
     # the plain zarr group opens with xarray too
     assert xr.open_zarr(path, group="probe")["relu1"].shape == (2, 32, 16)
 
