@@ -1,0 +1,58 @@
+"""Shared numerics for estimators and penalties: flattening, pairwise distances, one-hot.
+
+One implementation each, so every plugin computes distances the same way
+(STYLE.md §12). All functions are differentiable torch code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from infoshape.errors import ConfigError
+
+__all__ = ["as_samples", "one_hot", "pairwise_sq_distances"]
+
+
+def as_samples(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x`` as a 2-D ``(N, features)`` tensor: one row per sample, trailing dims flattened.
+
+    Raises:
+        ConfigError: when ``x`` is a scalar.
+    """
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.ndim == 0:
+        raise ConfigError(
+            "a representation needs a sample dimension",
+            expected="a tensor of shape (N, ...)",
+            got="a scalar",
+            fix="pass one row per sample",
+        )
+    x = x.reshape(x.shape[0], -1) if x.ndim != 2 else x
+    return x if dtype is None else x.to(dtype)
+
+
+def pairwise_sq_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances ``D_ij = ‖x_i − y_j‖²`` of the rows, clamped at 0.
+
+    Uses ``‖x‖² + ‖y‖² − 2 x·y`` (one matrix product); the diagonal of ``D(x, x)`` is
+    set to exactly 0. Differentiable.
+    """
+    x = as_samples(x)
+    same = y is None
+    y = x if y is None else as_samples(y)
+    sq_x = (x * x).sum(1, keepdim=True)
+    sq_y = sq_x if same else (y * y).sum(1, keepdim=True)
+    d = (sq_x + sq_y.T - 2.0 * (x @ y.T)).clamp_min(0.0)
+    if same:
+        d = d - torch.diag_embed(torch.diagonal(d))
+    return d
+
+
+def one_hot(
+    labels: torch.Tensor, n_classes: int | None = None, dtype=torch.float64
+) -> torch.Tensor:
+    """One-hot rows ``(N, C)`` of integer ``labels`` (``C`` inferred when not given)."""
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    n = int(labels.max()) + 1 if n_classes is None else n_classes
+    return torch.nn.functional.one_hot(labels, n).to(dtype)
