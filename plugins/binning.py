@@ -1,0 +1,175 @@
+"""The ``binning`` plugin: the classic information-plane estimator (Shwartz-Ziv & Tishby 2017).
+
+Each unit of a representation ``T`` is cut into ``n_bins`` equal-width bins over one range
+per layer (the layer's min and max over all samples and units, or fixed ``bounds``); each
+binned row is one symbol. Entropies are the plug-in (maximum-likelihood) entropies of the
+symbol frequencies, in nats:
+
+- ``H(T) = −Σ_t p(t)·log p(t)``;
+- ``I(X;T) = H(T) − H(T|X)``, ``X`` the input rows grouped by exact equality: for a
+  deterministic network ``H(T|X) = 0`` and ``I(X;T) = H(T)``;
+- ``I(T;Y) = H(T) − Σ_c p(c)·H(T|Y=c)``.
+
+Mutual information is computed as ``H(A) + H(B) − H(A,B)`` and clamped at 0 (it is ≥ 0 for
+plug-in entropies; the clamp only removes rounding). Not differentiable (binning has zero
+gradient almost everywhere): use it for analysis, not in a penalty.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from infoshape.capture import Tap
+from infoshape.errors import ConfigError
+from infoshape.hookspecs import hookimpl
+from infoshape.linalg import as_samples
+from infoshape.registry import Estimator
+
+__all__ = ["Binning", "discretize", "entropy", "information_plane", "mutual_information"]
+
+
+def _rows(symbols) -> torch.Tensor:
+    rows = as_samples(torch.as_tensor(symbols).detach())
+    if rows.shape[0] == 0:
+        raise ConfigError(
+            "binning: no samples",
+            expected="symbols of shape (N,) or (N, k) with N >= 1",
+            got=f"shape {tuple(rows.shape)}",
+            fix="pass at least one sample",
+        )
+    return rows
+
+
+def discretize(t, n_bins: int = 30, bounds: tuple[float, float] | None = None) -> torch.Tensor:
+    """Bin indices ``(N, d)`` (int64, in ``[0, n_bins)``) of each unit of ``t``.
+
+    Args:
+        t: a representation ``(N, ...)``; trailing dims are flattened.
+        n_bins: number of equal-width bins.
+        bounds: ``(low, high)`` of the binned range; values outside go to the edge bins.
+            ``None``: the min and max of ``t`` (one range for the whole layer).
+    """
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise ConfigError(
+            "binning: n_bins must be a positive int",
+            expected="an int >= 1 (default 30)",
+            got=repr(n_bins),
+            fix="pass n_bins=30",
+        )
+    t = as_samples(torch.as_tensor(t).detach(), torch.float64)
+    if bounds is None:
+        low, high = (float(t.min()), float(t.max())) if t.numel() else (0.0, 1.0)
+    else:
+        low, high = map(float, bounds)
+        if not low < high:
+            raise ConfigError(
+                "binning: empty bounds",
+                expected="bounds=(low, high) with low < high",
+                got=repr(bounds),
+                fix="pass e.g. bounds=(-1.0, 1.0) for tanh units, or None for the data's range",
+            )
+    if high == low:  # a constant layer: one bin
+        return torch.zeros(t.shape, dtype=torch.int64, device=t.device)
+    index = torch.floor((t - low) / (high - low) * n_bins)
+    return index.clamp(0, n_bins - 1).to(torch.int64)
+
+
+def entropy(symbols) -> torch.Tensor:
+    """Plug-in entropy ``−Σ p·log p`` in nats of the rows of ``symbols``.
+
+    ``symbols`` is ``(N,)`` or ``(N, k)`` (any dtype); equal rows are one symbol.
+    """
+    rows = _rows(symbols)
+    _, counts = torch.unique(rows, dim=0, return_counts=True)
+    p = counts.sort().values.to(torch.float64) / rows.shape[0]  # sorted: one summation order
+    return -(p * p.log()).sum()
+
+
+def mutual_information(a_symbols, b_symbols) -> torch.Tensor:
+    """Plug-in ``I(A;B) = H(A) + H(B) − H(A,B)`` in nats of paired symbol rows."""
+    a, b = _rows(a_symbols), _rows(b_symbols)
+    if a.shape[0] != b.shape[0]:
+        raise ConfigError(
+            "binning: the two variables differ in number of samples",
+            expected="paired rows, one per sample in each",
+            got=f"{a.shape[0]} and {b.shape[0]} rows",
+            fix="pass symbols of the same samples",
+        )
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    joint = torch.cat([a.to(dtype), b.to(dtype).to(a.device)], dim=1)
+    return (entropy(a) + entropy(b) - entropy(joint)).clamp_min(0.0)
+
+
+def information_plane(x, t, labels, n_bins: int = 30, bounds=None):
+    """``(I(X;T), I(T;Y))`` in nats, ``T`` binned, ``X`` the exact input rows."""
+    symbols = discretize(t, n_bins, bounds)
+    return mutual_information(x, symbols), mutual_information(symbols, labels)
+
+
+class Binning:
+    """The binning estimator, and per-layer ``I(X;T)``, ``I(T;Y)`` at epoch end."""
+
+    name = "binning"
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        """Options of the ``binning`` plugin.
+
+        Attributes:
+            n_bins: equal-width bins per unit.
+            bounds: fixed ``(low, high)`` range, or ``None`` for each layer's min and max.
+            layers: module globs to tap (outputs); each gets ``binning.<capture>.I_TX``
+                (``= H(T)``: the network is deterministic on the probe set) and ``.I_TY``.
+        """
+
+        n_bins: int = attrs.field(default=30, validator=attrs.validators.gt(0))
+        bounds: tuple[float, float] | None = attrs.field(default=None)
+        layers: tuple[str, ...] = ()
+
+        @bounds.validator
+        def _check_bounds(self, _attribute, value) -> None:
+            if value is not None and not value[0] < value[1]:
+                raise ValueError(f"bounds must be (low, high) with low < high, got {value!r}")
+
+    def __init__(self) -> None:
+        self.config = self.Config()
+        self.taps: list[Tap] = []
+
+    @hookimpl
+    def infoshape_configure(self, config: Config) -> None:
+        """Keep the validated options."""
+        self.config = config
+
+    @hookimpl
+    def infoshape_taps(self, session) -> list[Tap]:
+        """One tap per glob in ``layers``."""
+        self.taps = [Tap(glob) for glob in self.config.layers]
+        return self.taps
+
+    @hookimpl
+    def infoshape_metrics(self, session, captures, targets, stage) -> dict[str, float]:
+        """``I_TX = H(T)`` and ``I_TY`` of each tapped layer on the probe set (epoch stage)."""
+        if stage != "epoch" or not captures or targets is None:
+            return {}
+        metrics = {}
+        for name in dict.fromkeys(n for tap in self.taps for n in session.capture_names(tap)):
+            symbols = discretize(captures[name], self.config.n_bins, self.config.bounds)
+            metrics[f"{self.name}.{name}.I_TX"] = float(entropy(symbols))
+            metrics[f"{self.name}.{name}.I_TY"] = float(mutual_information(symbols, targets))
+        return metrics
+
+    @hookimpl
+    def infoshape_estimators(self) -> list[Estimator]:
+        """The ``binning`` estimator: ``function`` is ``mutual_information`` on symbols."""
+        return [
+            Estimator(
+                name="binning",
+                function=mutual_information,
+                unit="nats",
+                differentiable=False,
+                cost="O(N d log N)",
+                description="equal-width binning, plug-in entropies (Shwartz-Ziv & Tishby)",
+                information_plane=information_plane,
+            )
+        ]

@@ -1,0 +1,213 @@
+"""The ``kl_pairwise`` plugin: Kolchinsky–Tracey pairwise-distance bounds on I(T;X) and I(T;Y).
+
+A representation ``z`` plus Gaussian noise, ``T = Z + ε``, ``ε ~ N(0, σ²I)``, is a mixture
+of ``N`` Gaussians centred on the samples (Kolchinsky & Tracey, "Estimating mixture entropy
+with pairwise distances", Entropy 2017, §4). With ``D_ij = ‖z_i − z_j‖²`` and ``d`` features:
+
+- upper bound (KL distance):
+  ``H_KL = d/2 + (d/2)·log(2πσ²) + log N − (1/N)·Σ_i LSE_j(−D_ij / (2σ²))``;
+- lower bound (Bhattacharyya distance ``D_ij/(8σ²)``): ``H_KL`` evaluated at ``4σ²``
+  plus ``(d/2)·log(1/4)``, i.e. ``H_KL`` with ``σ² → 4σ²`` inside the LSE only (the
+  ``log(1/4)`` cancels the change of the normalizer; this is the reference code's form);
+- ``H(T|X) = (d/2)·(log(2πσ²) + 1)``, ``I(T;X) = H(T) − H(T|X)``,
+  ``I(T;Y) = H(T) − Σ_c p(c)·H(T|Y=c)``, both entropies with the same bound (as in the
+  reference code; the difference of two bounds is an estimate, not a bound).
+
+Every function is differentiable torch code, computes in float64 and returns nats unless
+``unit="bits"``. The bounds satisfy ``0 ≤ I(T;X) ≤ log N`` and lower ≤ upper.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import attrs
+import torch
+
+from infoshape.capture import Tap
+from infoshape.errors import ConfigError
+from infoshape.hookspecs import hookimpl
+from infoshape.linalg import as_samples, pairwise_sq_distances
+from infoshape.registry import Estimator
+
+__all__ = [
+    "KLPairwise",
+    "conditional_entropy",
+    "entropy_lower",
+    "entropy_upper",
+    "information_plane",
+    "mi_tx",
+    "mi_ty",
+]
+
+Bound = Literal["upper", "lower"]
+Unit = Literal["nats", "bits"]
+
+
+def _check(noise_var: float, bound: str = "upper", unit: str = "nats") -> None:
+    if not float(noise_var) > 0:
+        raise ConfigError(
+            "kl_pairwise: the noise variance must be positive",
+            expected="noise_var > 0 (METHODS.md default 0.1; papers also use 1e-3 and 0.05)",
+            got=repr(noise_var),
+            fix="pass noise_var=0.1",
+        )
+    if bound not in ("upper", "lower"):
+        raise ConfigError(
+            "kl_pairwise: unknown bound",
+            expected='"upper" (KL) or "lower" (Bhattacharyya)',
+            got=repr(bound),
+            fix='pass bound="upper" or bound="lower"',
+        )
+    if unit not in ("nats", "bits"):
+        raise ConfigError(
+            "kl_pairwise: unknown unit",
+            expected='"nats" or "bits"',
+            got=repr(unit),
+            fix='pass unit="nats" or unit="bits"',
+        )
+
+
+def _in(value: torch.Tensor, unit: str) -> torch.Tensor:
+    return value / math.log(2.0) if unit == "bits" else value
+
+
+def _entropy(z: torch.Tensor, noise_var: float, bound: str) -> torch.Tensor:
+    """The mixture-entropy bound in nats of float64 samples ``z`` (N, d)."""
+    n, d = z.shape
+    scale = 1.0 if bound == "upper" else 4.0  # KL: D/(2σ²); Bhattacharyya: D/(8σ²)
+    lse = torch.logsumexp(-pairwise_sq_distances(z) / (2.0 * scale * noise_var), dim=1)
+    return d / 2 + (d / 2) * math.log(2 * math.pi * noise_var) + math.log(n) - lse.mean()
+
+
+def _samples(x) -> torch.Tensor:
+    z = as_samples(x, torch.float64)
+    if z.shape[0] == 0:
+        raise ConfigError(
+            "kl_pairwise: no samples",
+            expected="a tensor of shape (N, ...) with N >= 1",
+            got=f"shape {tuple(z.shape)}",
+            fix="pass at least one sample",
+        )
+    return z
+
+
+def entropy_upper(x, noise_var: float = 0.1, *, unit: Unit = "nats") -> torch.Tensor:
+    """KL upper bound on ``H(Z + ε)``, ``ε ~ N(0, noise_var·I)`` (Kolchinsky–Tracey eq. 10)."""
+    _check(noise_var, unit=unit)
+    return _in(_entropy(_samples(x), noise_var, "upper"), unit)
+
+
+def entropy_lower(x, noise_var: float = 0.1, *, unit: Unit = "nats") -> torch.Tensor:
+    """Bhattacharyya lower bound on ``H(Z + ε)``, ``ε ~ N(0, noise_var·I)``."""
+    _check(noise_var, unit=unit)
+    return _in(_entropy(_samples(x), noise_var, "lower"), unit)
+
+
+def conditional_entropy(d: int, noise_var: float = 0.1, *, unit: Unit = "nats") -> float:
+    """``H(T|X) = (d/2)·(log(2πσ²) + 1)``: the entropy of the noise in ``d`` dimensions."""
+    _check(noise_var, unit=unit)
+    value = (d / 2) * (math.log(2 * math.pi * noise_var) + 1.0)
+    return value / math.log(2.0) if unit == "bits" else value
+
+
+def mi_tx(x, noise_var: float = 0.1, bound: Bound = "upper", *, unit: Unit = "nats"):
+    """``I(T;X) = H(T) − H(T|X)`` for ``T = Z + ε`` with the chosen bound on ``H(T)``."""
+    _check(noise_var, bound, unit)
+    z = _samples(x)
+    return _in(_entropy(z, noise_var, bound) - conditional_entropy(z.shape[1], noise_var), unit)
+
+
+def mi_ty(x, labels, noise_var: float = 0.1, bound: Bound = "upper", *, unit: Unit = "nats"):
+    """``I(T;Y) = H(T) − Σ_c p(c)·H(T|Y=c)``, each entropy with the chosen bound.
+
+    ``p(c)`` are the label frequencies; only classes present in ``labels`` enter.
+    """
+    _check(noise_var, bound, unit)
+    z = _samples(x)
+    labels = torch.as_tensor(labels).reshape(-1).to(z.device)
+    if labels.shape[0] != z.shape[0]:
+        raise ConfigError(
+            "kl_pairwise: labels and samples differ in number",
+            expected=f"{z.shape[0]} labels, one per sample",
+            got=f"{labels.shape[0]} labels",
+            fix="pass the labels of the same batch",
+        )
+    classes, counts = torch.unique(labels, return_counts=True)
+    conditional = sum(
+        (int(k) / z.shape[0]) * _entropy(z[labels == c], noise_var, bound)
+        for c, k in zip(classes, counts, strict=True)
+    )
+    return _in(_entropy(z, noise_var, bound) - conditional, unit)
+
+
+def information_plane(x, t, labels, noise_var: float = 0.1, bound: Bound = "upper"):
+    """``(I(X;T), I(T;Y))`` in nats: the noise-based ``mi_tx(t)`` (``x`` unused) and ``mi_ty``."""
+    return mi_tx(t, noise_var, bound), mi_ty(t, labels, noise_var, bound)
+
+
+class KLPairwise:
+    """Pairwise-distance bounds as an estimator, and per-layer I(T;X), I(T;Y) at epoch end."""
+
+    name = "kl_pairwise"
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        """Options of the ``kl_pairwise`` plugin.
+
+        Attributes:
+            noise_var: variance σ² of the added Gaussian noise.
+            bound: ``"upper"`` (KL) or ``"lower"`` (Bhattacharyya).
+            layers: module globs to tap (outputs); each gets ``kl_pairwise.<capture>.I_TX``
+                and ``.I_TY`` on the probe set at every epoch end.
+        """
+
+        noise_var: float = attrs.field(default=0.1, validator=attrs.validators.gt(0))
+        bound: Bound = attrs.field(
+            default="upper", validator=attrs.validators.in_(("upper", "lower"))
+        )
+        layers: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.config = self.Config()
+        self.taps: list[Tap] = []
+
+    @hookimpl
+    def infoshape_configure(self, config: Config) -> None:
+        """Keep the validated options."""
+        self.config = config
+
+    @hookimpl
+    def infoshape_taps(self, session) -> list[Tap]:
+        """One tap per glob in ``layers``."""
+        self.taps = [Tap(glob) for glob in self.config.layers]
+        return self.taps
+
+    @hookimpl
+    def infoshape_metrics(self, session, captures, targets, stage) -> dict[str, float]:
+        """``I_TX`` and ``I_TY`` of each tapped layer on the probe set (epoch stage only)."""
+        if stage != "epoch" or not captures or targets is None:
+            return {}
+        options, metrics = {"noise_var": self.config.noise_var, "bound": self.config.bound}, {}
+        with torch.no_grad():
+            for name in dict.fromkeys(n for tap in self.taps for n in session.capture_names(tap)):
+                i_tx, i_ty = information_plane(None, captures[name], targets, **options)
+                metrics[f"{self.name}.{name}.I_TX"] = float(i_tx)
+                metrics[f"{self.name}.{name}.I_TY"] = float(i_ty)
+        return metrics
+
+    @hookimpl
+    def infoshape_estimators(self) -> list[Estimator]:
+        """The ``kl_pairwise`` estimator (default: upper bound, σ² = 0.1)."""
+        return [
+            Estimator(
+                name="kl_pairwise",
+                function=mi_tx,
+                unit="nats",
+                differentiable=True,
+                cost="O(N^2 d)",
+                description="Kolchinsky–Tracey pairwise-distance bounds on I(T;X), I(T;Y)",
+                information_plane=information_plane,
+            )
+        ]
