@@ -1,4 +1,4 @@
-"""The ``infoshape`` command line: ``train``, ``plugins``, ``datasets``.
+"""The ``infoshape`` command line: ``train``, ``analyze``, ``report``, ``plugins``, ``datasets``.
 
 Every error infoshape raises (:class:`~infoshape.InfoshapeError`) is printed
 without a traceback and exits with status 2; so does a usage error.
@@ -48,6 +48,23 @@ replace its lists, --option and --model-option set single keys of its tables.
 
 open the store:
   import xarray; tree = xarray.open_datatree("runs/digits-mlp.zarr", engine="zarr")
+"""
+
+_ANALYZE_EPILOG = """\
+examples:
+  infoshape analyze runs/digits-mlp.zarr --estimator kl_pairwise
+  infoshape analyze runs/a.zarr --estimator binning --tap relu1 --epochs ::2 --max-samples 500
+  infoshape analyze runs/a.zarr --estimator kl_pairwise --option noise_var=0.001 --name kl2
+
+--epochs takes epoch values (0 5 9) or one slice of the stored epochs by position
+(::2 every other; --epochs=-1: the last). Results go to STORE/analysis/NAME (I_XT,
+I_TY over epoch and tap): xarray.open_datatree(STORE, engine="zarr")["analysis/NAME"].
+"""
+
+_REPORT_EPILOG = """\
+examples:
+  infoshape report runs/a.zarr          # runs/a.report/information_plane_NAME.png, metrics.png
+  infoshape report runs/a.zarr --out figures/
 """
 
 _PLUGINS_EPILOG = """\
@@ -203,6 +220,32 @@ def _add_train(commands: Any) -> None:
     p.set_defaults(run=_run_train)
 
 
+def _add_analyze(commands: Any) -> None:
+    p = commands.add_parser(
+        "analyze",
+        help="place each stored tap on the information plane, per epoch",
+        description="Apply a registered estimator to the probe taps of a run store: for each "
+        "epoch and tap, I(X;T) (probe inputs X, the tap's representation T) and I(T;Y) "
+        "(labels Y). The store is read one (epoch, tap) slab at a time and the results "
+        "are written back as STORE/analysis/NAME (replacing an earlier run of the same NAME).",
+        epilog=_ANALYZE_EPILOG,
+        formatter_class=_formatter,
+    )
+    add = p.add_argument
+    add("store", metavar="STORE", help="the run store (a .zarr folder with probe taps)")
+    add("--estimator", required=True, metavar="NAME", help="estimator: kl_pairwise, binning, ...")
+    add("--tap", action="append", metavar="NAME", dest="taps", help="a stored tap (repeatable; "
+        "default: every tap in probe/)")  # fmt: skip
+    add("--epochs", nargs="+", metavar="E", help="epoch values, or one START:STOP[:STEP] slice")
+    add("--max-samples", type=int, metavar="N", help="a seeded random subset of N probe samples")
+    add("--seed", type=int, default=0, metavar="N", help="seed of that subset (default 0)")
+    add("--name", help="group under analysis/ (default: the estimator's name)")
+    add("--option", action="append", default=[], metavar="KEY=VALUE", help="an estimator "
+        "option, VALUE in TOML syntax: noise_var=0.01 (repeatable)")  # fmt: skip
+    add("--no-progress", action="store_false", dest="progress", help="no progress bar")
+    p.set_defaults(run=_run_analyze)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``infoshape`` argument parser with its subcommands."""
     from infoshape import __version__
@@ -211,13 +254,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="infoshape",
         description="Capture neural-network representations during training to measure and "
         "regularize information.",
-        epilog="examples:\n  infoshape train --epochs 5\n  infoshape plugins --options\n"
-        "  infoshape datasets\n\n`infoshape COMMAND --help` describes each command.",
+        epilog="examples:\n  infoshape train --epochs 5 --store runs/a.zarr\n"
+        "  infoshape analyze runs/a.zarr --estimator kl_pairwise\n  infoshape report runs/a.zarr\n"
+        "  infoshape plugins --options\n  infoshape datasets\n\n"
+        "`infoshape COMMAND --help` describes each command.",
         formatter_class=_formatter,
     )
     parser.add_argument("--version", action="version", version=f"infoshape {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_train(commands)
+    _add_analyze(commands)
+    p = commands.add_parser(
+        "report",
+        help="draw the information planes and metric curves of a store as PNG files",
+        description="Draw a run store's plots: the information plane of every analysis/NAME "
+        "group (I(X;T) against I(T;Y), one curve per tap, coloured by epoch) and the metric "
+        "curves over steps and epochs. Prints the files written.",
+        epilog=_REPORT_EPILOG,
+        formatter_class=_formatter,
+    )
+    p.add_argument("store", metavar="STORE", help="the run store (a .zarr folder)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default STORE stem + .report)")
+    p.set_defaults(run=_run_report)
     p = commands.add_parser(
         "plugins",
         help="list installed plugins",
@@ -310,6 +368,29 @@ def _run_train(args: argparse.Namespace) -> int:
         print(
             f'  open it with   import xarray; xarray.open_datatree("{result.store}", engine="zarr")'
         )
+    return 0
+
+
+# ------------------------------------------------------------------ analyze, report
+def _run_analyze(args: argparse.Namespace) -> int:
+    from infoshape.analysis import analyze, format_results, parse_epochs
+
+    own = {key: getattr(args, key) for key in ("taps", "max_samples", "seed", "name")}
+    options = dict(parse_assignment(text, dotted=False)[1:] for text in args.option)
+    epochs, bar = parse_epochs(args.epochs), args.progress and sys.stderr.isatty()
+    result = analyze(args.store, args.estimator, epochs=epochs, progress=bar, **own, **options)
+    print(f"wrote {args.store}/analysis/{args.name or args.estimator}")
+    print(format_results(result))
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from infoshape.report import report
+
+    paths = report(args.store, out_dir=args.out)
+    print("\n".join(map(str, paths)) or "nothing to draw: the store holds no metrics")
+    if not any(p.name.startswith("information_plane") for p in paths):
+        print(f"no analysis/ results: run `infoshape analyze {args.store} --estimator NAME`")
     return 0
 
 

@@ -129,7 +129,7 @@ def test_train_with_flags_writes_store_csv_and_summary(results):
     assert 'xarray.open_datatree("flags.zarr", engine="zarr")' in out
     tree = xarray.open_datatree(work / "flags.zarr", engine="zarr")
     probe = tree["probe"].to_dataset()
-    assert set(probe.data_vars) == {"fc1", "fc2"}  # --tap 'fc*'
+    assert set(probe.data_vars) == {"fc1", "fc2", "input"}  # --tap 'fc*', and the inputs X
     assert probe["fc1"].dims == ("epoch", "sample", "fc1_unit")
     with (work / "flags.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -218,3 +218,96 @@ def test_flags_override_the_file(tmp_path):
     assert settings["epochs"] == 1 and settings["store"] is None
     assert settings["options"] == {"csv": {"path": "b.csv", "append": True}}
     assert settings["plugins"] == ["csv"]
+
+
+# ------------------------------------------------------------------ analyze, report
+def _shipped_estimator() -> str | None:
+    import importlib.util
+
+    for name in ("kl_pairwise", "binning"):
+        if importlib.util.find_spec(f"infoshape.plugins.{name}") is not None:
+            return name
+    return None
+
+
+@pytest.fixture(scope="module")
+def pipeline(results) -> dict:
+    """``infoshape analyze`` then ``infoshape report`` on the ``train flags`` run's store.
+
+    That store is a real run on the embedded digits (2 epochs, probe taps fc1 and fc2):
+    train, analyze, report is the path from a run to its information-plane PNG.
+    """
+    estimator = _shipped_estimator()
+    if estimator is None:
+        pytest.skip("neither plugins/kl_pairwise.py nor plugins/binning.py is installed")
+    work = results["work"]
+    store = str(work / "flags.zarr")
+    env = {**os.environ, "COLUMNS": "100"}
+    analyze = ["analyze", store, "--estimator", estimator, "--max-samples", "300", "--no-progress"]
+    done: dict = {"estimator": estimator, "store": work / "flags.zarr"}
+    for name, args in (("analyze", analyze), ("report", ["report", store])):
+        done[name] = subprocess.run(
+            [*CLI, *args], cwd=work, env=env, capture_output=True, text=True, timeout=300
+        )
+    return done
+
+
+def test_analyze_prints_the_table_and_writes_the_store(pipeline):
+    out = _ok(pipeline["analyze"])
+    estimator, store = pipeline["estimator"], pipeline["store"]
+    assert f"wrote {store}/analysis/{estimator}" in out
+    assert "I(X;T) [nats]" in out and "I(T;Y) [nats]" in out and "300 probe samples" in out
+    rows = [line.split() for line in out.splitlines() if "fc1" in line or "fc2" in line]
+    assert len(rows) == 4  # 2 epochs x 2 taps
+    written = xarray.open_datatree(store, engine="zarr")[f"analysis/{estimator}"].to_dataset()
+    assert written["I_XT"].dims == ("epoch", "tap")
+    assert list(written["epoch"].values) == [0, 1] and written.sizes["sample"] == 300
+    assert {str(t) for t in written["tap"].values} == {"fc1", "fc2"}
+
+
+def test_report_draws_the_information_plane_png(pipeline):
+    from matplotlib.image import imread
+
+    out = _ok(pipeline["report"])
+    folder = pipeline["store"].parent / "flags.report"
+    plane = folder / f"information_plane_{pipeline['estimator']}.png"
+    assert out.split() == [str(plane), str(folder / "metrics.png")]
+    height, width, _ = imread(plane).shape
+    assert height >= 400 and width >= 600
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["analyze", "--help"], ["--estimator NAME", "--max-samples N", "examples:", "::2"]),
+        (["report", "--help"], ["--out DIR", "examples:", "information_plane_NAME.png"]),
+        (["--help"], ["analyze", "report"]),
+    ],
+)
+def test_help_of_analyze_and_report(capsys, argv, expected):
+    from infoshape.cli import main
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert all(text in out for text in expected), out
+
+
+def test_analyze_and_report_errors_exit_2(capsys, results, tmp_path):
+    from infoshape.cli import main
+
+    estimator = _shipped_estimator()
+    if estimator is None:
+        pytest.skip("neither plugins/kl_pairwise.py nor plugins/binning.py is installed")
+    store = str(results["work"] / "flags.zarr")
+    cases = [
+        (["analyze", store, "--estimator", "no_such_estimator"], "unknown estimator"),
+        (["analyze", store, "--estimator", estimator, "--tap", "fc3"], "unknown tap 'fc3'"),
+        (["analyze", store, "--estimator", estimator, "--option", "rdge=1"], "no option 'rdge'"),
+        (["analyze", store, "--estimator", estimator, "--epochs", "x"], "cannot read --epochs"),
+        (["analyze", store], "the following arguments are required: --estimator"),
+        (["report", str(tmp_path / "none.zarr")], "no infoshape store"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err

@@ -1,0 +1,274 @@
+"""Plots of a run store: the information plane of each analysis, and the metric curves.
+
+:func:`report` (``infoshape report`` on the command line) writes PNG files to
+``<store stem>.report/`` beside the store::
+
+    runs/a.zarr  ->  runs/a.report/information_plane_<estimator>.png   one per analysis/<name>
+                     runs/a.report/metrics.png                         step and epoch metrics
+
+Figures are drawn with matplotlib's object API on the Agg canvas, so no
+global backend is set and no window opens. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from infoshape.store_read import open_store
+
+__all__ = ["default_report_dir", "plot_information_plane", "plot_metrics", "report"]
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+_LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)))
+_DPI = 120
+
+
+def default_report_dir(store: str | Path) -> Path:
+    """``runs/a.zarr`` -> ``runs/a.report``: the folder :func:`report` writes to by default."""
+    path = Path(store)
+    return path.parent / f"{path.stem}.report"
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=_DPI)
+    return path
+
+
+def plot_information_plane(
+    analysis: xr.Dataset, path: str | Path, labels: np.ndarray | None = None
+) -> Path:
+    """Draw ``I_XT`` (x) against ``I_TY`` (y) of one analysis group to a PNG at ``path``.
+
+    One curve per tap through its epochs (its own line style and marker), the points
+    coloured by epoch (colorbar), axes labelled with the unit, titled with the estimator.
+    With the probe ``labels`` of the samples analysed, dotted lines mark ``log N`` and
+    ``H(Y)``: what I(X;T) and I(T;Y) reach when every sample is told apart.
+    """
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    xt = np.asarray(analysis["I_XT"].transpose("epoch", "tap").values, dtype=float)
+    ty = np.asarray(analysis["I_TY"].transpose("epoch", "tap").values, dtype=float)
+    epochs = np.asarray(analysis["epoch"].values)
+    taps = [str(t) for t in analysis["tap"].values]
+    unit = analysis.attrs.get("unit") or analysis["I_XT"].attrs.get("units", "")
+    estimator = analysis.attrs.get("estimator", "?")
+    lo, hi = float(epochs.min()), float(epochs.max())
+    norm = Normalize(lo, hi) if hi > lo else Normalize(lo - 0.5, hi + 0.5)
+
+    figure = _figure(7.5, 5.6)
+    ax = figure.add_subplot()
+    handles = []
+    points = None
+    for j, tap in enumerate(taps):
+        marker, style = _MARKERS[j % len(_MARKERS)], _LINESTYLES[j % len(_LINESTYLES)]
+        ax.plot(xt[:, j], ty[:, j], linestyle=style, color="0.35", linewidth=1.2, zorder=2)
+        points = ax.scatter(
+            xt[:, j],
+            ty[:, j],
+            c=epochs,
+            cmap="viridis",
+            norm=norm,
+            marker=marker,
+            s=46,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+        )
+        handles.append(
+            Line2D(
+                [], [], color="0.35", linestyle=style, marker=marker, markersize=7,
+                markerfacecolor="white", markeredgecolor="black", label=tap,
+            )
+        )  # fmt: skip
+    if labels is not None and labels.size:
+        scale = np.log(2) if unit == "bits" else 1.0
+        p = np.unique(labels, return_counts=True)[1] / labels.size
+        for value, text, line in (
+            (np.log(labels.size) / scale, "log N", ax.axvline),
+            (float(-(p * np.log(p)).sum()) / scale, "H(Y)", ax.axhline),
+        ):
+            line(value, color="0.55", linestyle=(0, (1, 2)), linewidth=1.2, zorder=1)
+            handles.append(
+                Line2D([], [], color="0.55", linestyle=(0, (1, 2)), label=f"{text} = {value:.2f}")
+            )
+    bar = figure.colorbar(points, ax=ax, label="epoch")
+    if epochs.size <= 12:
+        bar.set_ticks(epochs)
+    else:
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(handles=handles, title="tap", loc="best", fontsize="small", framealpha=0.9)
+    _min_span(ax)
+    ax.set_xlabel(f"I(X;T) [{unit}]")
+    ax.set_ylabel(f"I(T;Y) [{unit}]")
+    ax.grid(alpha=0.3)
+    n = analysis.attrs.get("n_samples", analysis.sizes.get("sample"))
+    details = [f"{n} samples"] if n else []
+    details += [f"{k}={v}" for k, v in (analysis.attrs.get("options") or {}).items()]
+    details.append(f"epochs {int(lo)}-{int(hi)}" if hi > lo else f"epoch {int(lo)}")
+    subtitle = textwrap.fill(", ".join(details), 80)
+    ax.set_title(f"Information plane: {estimator}\n{subtitle}", fontsize="medium")
+    return _save(figure, Path(path))
+
+
+def _min_span(ax: Any, fraction: float = 0.05) -> None:
+    """Widen each axis to at least ``fraction`` of its largest value, without offset ticks.
+
+    A saturated run (every epoch at log N) otherwise blows 1e-5 differences up to the
+    whole plot.
+    """
+    for get, set_, axis in (
+        (ax.get_xlim, ax.set_xlim, ax.xaxis),
+        (ax.get_ylim, ax.set_ylim, ax.yaxis),
+    ):
+        lo, hi = get()
+        span = fraction * max(abs(lo), abs(hi))
+        if hi - lo < span:
+            set_((lo + hi) / 2 - span / 2, (lo + hi) / 2 + span / 2)
+        axis.get_major_formatter().set_useOffset(False)
+
+
+def _scalar_series(metrics: xr.Dataset, dim: str) -> dict[str, xr.DataArray]:
+    return {
+        str(name): var
+        for name, var in metrics.data_vars.items()
+        if var.dims == (dim,) and var.dtype.kind in "fiub"
+    }
+
+
+def _panels(step: dict[str, Any], epoch: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """Group metric names into panels: (title, dim, names); empty panels left out."""
+
+    def pick(names: list[str], test: Callable[[str], bool]) -> list[str]:
+        chosen = [n for n in names if test(n)]
+        for n in chosen:
+            names.remove(n)
+        return chosen
+
+    s, e = sorted(step), sorted(epoch)
+    panels = [
+        ("training loss per step", "step", pick(s, lambda n: n.startswith("loss"))),
+        ("penalties per step", "step", pick(s, lambda n: n.startswith("penalty."))),
+        ("other step metrics", "step", s),
+        ("accuracy per epoch", "epoch", pick(e, lambda n: "accuracy" in n)),
+        ("loss per epoch", "epoch", pick(e, lambda n: "loss" in n)),
+        ("penalties per epoch", "epoch", pick(e, lambda n: n.startswith("penalty."))),
+        ("other epoch metrics", "epoch", e),
+    ]
+    return [p for p in panels if p[2]]
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    kernel = np.ones(window) / window
+    padded = np.concatenate([np.full(window - 1, values[0]), values])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def plot_metrics(metrics: xr.Dataset, path: str | Path) -> Path | None:
+    """Draw the scalar metrics over ``step`` and ``epoch`` to a PNG at ``path``.
+
+    Losses, penalties (log scale when all positive and spread over more than a decade),
+    other step metrics, accuracies, epoch losses and other epoch scalars each get their
+    own axes. Returns ``None`` (writing nothing) when there is no scalar metric.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    step, epoch = _scalar_series(metrics, "step"), _scalar_series(metrics, "epoch")
+    panels = _panels(step, epoch)
+    if not panels:
+        return None
+    columns = 1 if len(panels) == 1 else 2
+    rows = -(-len(panels) // columns)
+    figure = _figure(6.0 * columns, 3.4 * rows)
+    series = {
+        **{("step", k): v for k, v in step.items()},
+        **{("epoch", k): v for k, v in epoch.items()},
+    }
+    for i, (title, dim, names) in enumerate(panels):
+        ax = figure.add_subplot(rows, columns, i + 1)
+        positive, title_note = True, ""
+        for k, name in enumerate(names):
+            style = _LINESTYLES[k % len(_LINESTYLES)]  # coinciding curves stay visible
+            var = series[(dim, name)]
+            x, y = np.asarray(var[dim].values), np.asarray(var.values, dtype=float)
+            positive &= bool(np.all(y[np.isfinite(y)] > 0))
+            if dim == "step" and y.size > 100:
+                window = max(5, y.size // 25)
+                (line,) = ax.plot(x, y, linewidth=0.6, alpha=0.3)
+                ax.plot(x, _smooth(y, window), color=line.get_color(), ls=style, label=name)
+                title_note = f"\n(thin: each step; thick: mean of {window} steps)"
+            else:
+                marker = _MARKERS[k % len(_MARKERS)] if dim == "epoch" else None
+                ax.plot(x, y, ls=style, marker=marker, markersize=4, label=name)
+        finite = np.concatenate([np.asarray(series[(dim, n)].values, float) for n in names])
+        finite = finite[np.isfinite(finite)]
+        if (
+            positive
+            and finite.size
+            and finite.max() > 10 * finite.min()
+            and "accuracy" not in title
+        ):
+            ax.set_yscale("log")
+        ax.set_title(title + title_note, fontsize="medium")
+        ax.set_xlabel(dim)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    return _save(figure, Path(path))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def report(store: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Draw a run's plots: one information plane per ``analysis/<name>``, and the metrics.
+
+    Args:
+        store: a run store (``infoshape train`` writes one; ``infoshape analyze`` adds
+            ``analysis/<name>``).
+        out_dir: folder for the PNG files (default ``<store stem>.report`` beside the store).
+
+    Returns:
+        The paths written: ``information_plane_<name>.png`` per analysis, then
+        ``metrics.png`` (when the store has scalar metrics).
+
+    Raises:
+        StoreError: ``store`` is no infoshape store.
+    """
+    tree = open_store(store)
+    out = Path(out_dir) if out_dir is not None else default_report_dir(store)
+    written: list[Path] = []
+    probe = tree["probe"].to_dataset() if "probe" in tree.children else xr.Dataset()
+    for name, node in sorted(tree["analysis"].children.items() if "analysis" in tree else []):
+        analysis = node.to_dataset()
+        if not ({"I_XT", "I_TY"} <= set(analysis.data_vars) and analysis.sizes.get("epoch")):
+            continue
+        labels = None
+        if "label" in probe.coords:
+            used = analysis["sample"].values if "sample" in analysis.coords else slice(None)
+            labels = np.asarray(probe["label"].sel(sample=used).values)
+        path = out / f"information_plane_{_safe(name)}.png"
+        written.append(plot_information_plane(analysis, path, labels=labels))
+    if "metrics" in tree.children:
+        drawn = plot_metrics(tree["metrics"].to_dataset(), out / "metrics.png")
+        written += [drawn] if drawn is not None else []
+    return written

@@ -1,0 +1,135 @@
+"""Plots of a run store: information planes of analyses, metric curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from matplotlib.image import imread
+
+import infoshape
+from infoshape import Estimator, Penalty, StoreError, Tap
+from infoshape.analysis import analyze
+from infoshape.report import _panels, default_report_dir, plot_information_plane, report
+from infoshape.testing import small_mlp
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class SquaredOutputs:
+    """A penalty plugin, so the metrics hold ``penalty.*`` curves."""
+
+    @infoshape.hookimpl
+    def infoshape_penalty(self, session, captures, outputs, targets):
+        return [Penalty(name="outputs_l2", value=outputs.pow(2).mean(), weight=0.01)]
+
+
+def plane(x, t, labels):
+    return t.abs().mean() * (1 + t.shape[1] / 100), t.std()
+
+
+def _sgd_step(model: torch.nn.Module, lr: float) -> None:
+    """Plain SGD by hand (torch.optim imports torch._dynamo: seconds on a small machine)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter -= lr * parameter.grad
+            parameter.grad = None
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """3 epochs of 35 steps (over 100: the step curves get smoothed), 2 taps, 2 analyses."""
+    path = tmp_path_factory.mktemp("report") / "run.zarr"
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(160, 8, generator=g), torch.randint(0, 3, (160,), generator=g)
+    torch.manual_seed(0)
+    model = small_mlp()
+    taps = [Tap("relu1", store=True), Tap("relu2", store=True)]
+    with infoshape.Session(model, plugins=[SquaredOutputs()], store=path, taps=taps) as s:
+        for _ in range(3):
+            for i in range(35):
+                batch = slice(i * 4 % 120, i * 4 % 120 + 16)
+                s.loss(s.model(x[batch]), y[batch]).backward()
+                _sgd_step(model, lr=0.05)
+                s.step_end()
+            s.log_metrics({"test.accuracy": 0.3 + 0.2 * s.epoch, "custom.score": 10.0**s.epoch})
+            s.epoch_end(probe=(x[-40:], y[-40:]))
+    analyze(path, Estimator(name="toy", function=plane, information_plane=plane))
+    bits = Estimator(name="toy_bits", function=plane, unit="bits", information_plane=plane)
+    analyze(path, bits, epochs=[1], max_samples=25)
+    return path
+
+
+def _check_png(path: Path) -> tuple[int, ...]:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    shape = imread(path).shape
+    assert len(shape) == 3 and shape[0] >= 300 and shape[1] >= 400 and shape[2] in (3, 4)
+    return shape
+
+
+def test_report_writes_planes_and_metrics_beside_the_store(run):
+    paths = report(run)
+    folder = run.parent / "run.report"
+    assert default_report_dir(run) == folder
+    assert paths == [
+        folder / "information_plane_toy.png",
+        folder / "information_plane_toy_bits.png",
+        folder / "metrics.png",
+    ]
+    for path in paths:
+        _check_png(path)
+
+
+def test_report_to_another_folder(run, tmp_path):
+    paths = report(str(run), out_dir=tmp_path / "figures")
+    assert {p.name for p in paths} == {
+        "information_plane_toy.png",
+        "information_plane_toy_bits.png",
+        "metrics.png",
+    }
+    assert all(p.parent == tmp_path / "figures" for p in paths)
+
+
+def test_metric_panels_group_losses_penalties_and_epoch_scalars(run):
+    metrics = xr.open_datatree(run, engine="zarr")["metrics"].to_dataset()
+    step = {n: v for n, v in metrics.data_vars.items() if v.dims == ("step",)}
+    epoch = {n: v for n, v in metrics.data_vars.items() if v.dims == ("epoch",)}
+    panels = {title: names for title, _, names in _panels(step, epoch)}
+    assert panels["training loss per step"] == ["loss", "loss.objective"]
+    assert panels["penalties per step"] == ["penalty.outputs_l2"]
+    assert panels["accuracy per epoch"] == ["test.accuracy"]
+    assert panels["other epoch metrics"] == ["custom.score"]
+
+
+def test_store_without_analysis_draws_the_metrics_only(tmp_path):
+    path = tmp_path / "plain.zarr"
+    with infoshape.Session(small_mlp(), store=path) as s:
+        for _ in range(2):
+            s.loss(s.model(torch.randn(4, 8)), torch.tensor([0, 1, 2, 0])).backward()
+            s.step_end()
+            s.epoch_end()
+    assert [p.name for p in report(path)] == ["metrics.png"]
+    empty = tmp_path / "empty.zarr"
+    infoshape.Session(small_mlp(), store=empty).close()
+    assert report(empty) == []
+
+
+def test_plane_with_one_epoch_and_missing_values(tmp_path):
+    analysis = xr.Dataset(
+        {
+            "I_XT": (("epoch", "tap"), np.array([[1.0, np.nan, 3.0]])),
+            "I_TY": (("epoch", "tap"), np.array([[0.5, 0.7, np.nan]])),
+        },
+        coords={"epoch": [4], "tap": ["a", "b", "c"]},
+        attrs={"estimator": "handmade", "unit": "bits", "options": {"k": 3}},
+    )
+    path = plot_information_plane(analysis, tmp_path / "one.png", labels=np.array([0, 1, 1, 2]))
+    _check_png(path)
+
+
+def test_missing_store_is_an_error(tmp_path):
+    with pytest.raises(StoreError, match="no infoshape store"):
+        report(tmp_path / "nothing.zarr")
