@@ -6,11 +6,20 @@ One implementation each, so every plugin computes distances the same way
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from infoshape.errors import ConfigError
 
-__all__ = ["as_samples", "one_hot", "pairwise_sq_distances"]
+__all__ = [
+    "as_samples",
+    "class_conditional",
+    "nonempty_samples",
+    "one_hot",
+    "paired_labels",
+    "pairwise_sq_distances",
+]
 
 
 def as_samples(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -30,6 +39,46 @@ def as_samples(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tenso
         )
     x = x.reshape(x.shape[0], -1) if x.ndim != 2 else x
     return x if dtype is None else x.to(dtype)
+
+
+def nonempty_samples(x, who: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``as_samples(x, dtype)``, refusing an empty batch with a message naming ``who``."""
+    z = as_samples(x, dtype)
+    if z.shape[0] == 0:
+        raise ConfigError(
+            f"{who}: no samples",
+            expected="a tensor of shape (N, ...) with N >= 1",
+            got=f"shape {tuple(z.shape)}",
+            fix="pass at least one sample",
+        )
+    return z
+
+
+def paired_labels(z: torch.Tensor, labels, who: str) -> torch.Tensor:
+    """``labels`` as a 1-D tensor on ``z``'s device, one per row of ``z``, else an error."""
+    labels = torch.as_tensor(labels).reshape(-1).to(z.device)
+    if labels.shape[0] != z.shape[0]:
+        raise ConfigError(
+            f"{who}: labels and samples differ in number",
+            expected=f"{z.shape[0]} labels, one per sample",
+            got=f"{labels.shape[0]} labels",
+            fix="pass the labels of the same batch",
+        )
+    return labels
+
+
+def class_conditional(
+    entropy: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """``Σ_c p(c)·H(Z | Y=c)``: ``entropy`` of each class's rows, weighted by frequency.
+
+    Only classes present in ``labels`` enter; ``I(Z;Y) = H(Z) − class_conditional(...)``.
+    """
+    classes, counts = torch.unique(labels, return_counts=True)
+    return sum(
+        (int(k) / z.shape[0]) * entropy(z[labels == c])
+        for c, k in zip(classes, counts, strict=True)
+    )
 
 
 def pairwise_sq_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

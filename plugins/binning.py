@@ -20,25 +20,16 @@ from __future__ import annotations
 import attrs
 import torch
 
-from infoshape.capture import Tap
 from infoshape.errors import ConfigError
-from infoshape.hookspecs import hookimpl
-from infoshape.linalg import as_samples
+from infoshape.estimator_plugin import EstimatorPlugin
+from infoshape.linalg import as_samples, nonempty_samples
 from infoshape.registry import Estimator
 
 __all__ = ["Binning", "discretize", "entropy", "information_plane", "mutual_information"]
 
 
 def _rows(symbols) -> torch.Tensor:
-    rows = as_samples(torch.as_tensor(symbols).detach())
-    if rows.shape[0] == 0:
-        raise ConfigError(
-            "binning: no samples",
-            expected="symbols of shape (N,) or (N, k) with N >= 1",
-            got=f"shape {tuple(rows.shape)}",
-            fix="pass at least one sample",
-        )
-    return rows
+    return nonempty_samples(torch.as_tensor(symbols).detach(), "binning", dtype=None)
 
 
 def discretize(t, n_bins: int = 30, bounds: tuple[float, float] | None = None) -> torch.Tensor:
@@ -107,10 +98,19 @@ def information_plane(x, t, labels, n_bins: int = 30, bounds=None):
     return mutual_information(x, symbols), mutual_information(symbols, labels)
 
 
-class Binning:
-    """The binning estimator, and per-layer ``I(X;T)``, ``I(T;Y)`` at epoch end."""
+class Binning(EstimatorPlugin):
+    """Binning as an estimator, and per-layer I(X;T), I(T;Y) at epoch end."""
 
     name = "binning"
+    estimator = Estimator(
+        name="binning",
+        function=mutual_information,
+        unit="nats",
+        differentiable=False,
+        cost="O(N d log N)",
+        description="equal-width binning, plug-in entropies (Shwartz-Ziv & Tishby)",
+        information_plane=information_plane,
+    )
 
     @attrs.frozen(kw_only=True)
     class Config:
@@ -132,44 +132,7 @@ class Binning:
             if value is not None and not value[0] < value[1]:
                 raise ValueError(f"bounds must be (low, high) with low < high, got {value!r}")
 
-    def __init__(self) -> None:
-        self.config = self.Config()
-        self.taps: list[Tap] = []
-
-    @hookimpl
-    def infoshape_configure(self, config: Config) -> None:
-        """Keep the validated options."""
-        self.config = config
-
-    @hookimpl
-    def infoshape_taps(self, session) -> list[Tap]:
-        """One tap per glob in ``layers``."""
-        self.taps = [Tap(glob) for glob in self.config.layers]
-        return self.taps
-
-    @hookimpl
-    def infoshape_metrics(self, session, captures, targets, stage) -> dict[str, float]:
-        """``I_TX = H(T)`` and ``I_TY`` of each tapped layer on the probe set (epoch stage)."""
-        if stage != "epoch" or not captures or targets is None:
-            return {}
-        metrics = {}
-        for name in dict.fromkeys(n for tap in self.taps for n in session.capture_names(tap)):
-            symbols = discretize(captures[name], self.config.n_bins, self.config.bounds)
-            metrics[f"{self.name}.{name}.I_TX"] = float(entropy(symbols))
-            metrics[f"{self.name}.{name}.I_TY"] = float(mutual_information(symbols, targets))
-        return metrics
-
-    @hookimpl
-    def infoshape_estimators(self) -> list[Estimator]:
-        """The ``binning`` estimator: ``function`` is ``mutual_information`` on symbols."""
-        return [
-            Estimator(
-                name="binning",
-                function=mutual_information,
-                unit="nats",
-                differentiable=False,
-                cost="O(N d log N)",
-                description="equal-width binning, plug-in entropies (Shwartz-Ziv & Tishby)",
-                information_plane=information_plane,
-            )
-        ]
+    def layer_metrics(self, t, labels) -> dict[str, torch.Tensor]:
+        """``I_TX = H(T)`` (deterministic network) and ``I_TY`` of one layer's probe codes."""
+        symbols = discretize(t, self.config.n_bins, self.config.bounds)
+        return {"I_TX": entropy(symbols), "I_TY": mutual_information(symbols, labels)}

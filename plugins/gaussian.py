@@ -21,8 +21,8 @@ import math
 import torch
 
 from infoshape.errors import ConfigError
-from infoshape.hookspecs import hookimpl
-from infoshape.linalg import as_samples
+from infoshape.estimator_plugin import EstimatorPlugin
+from infoshape.linalg import class_conditional, nonempty_samples, paired_labels
 from infoshape.registry import Estimator
 
 __all__ = [
@@ -37,15 +37,7 @@ RIDGE = 1e-6
 
 
 def _samples(x, what: str = "x") -> torch.Tensor:
-    z = as_samples(x, torch.float64)
-    if z.shape[0] == 0:
-        raise ConfigError(
-            f"gaussian: {what} has no samples",
-            expected="a tensor of shape (N, ...) with N >= 1",
-            got=f"shape {tuple(z.shape)}",
-            fix="pass at least one sample",
-        )
-    return z
+    return nonempty_samples(x, f"gaussian ({what})")
 
 
 def _logdet_cov(z: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -100,19 +92,8 @@ def mutual_information_labels(t, labels, *, ridge: float = RIDGE) -> torch.Tenso
     ``p(c)`` are the label frequencies; classes absent from ``labels`` do not enter.
     """
     z = _samples(t, "t")
-    labels = torch.as_tensor(labels).reshape(-1).to(z.device)
-    if labels.shape[0] != z.shape[0]:
-        raise ConfigError(
-            "gaussian: labels and samples differ in number",
-            expected=f"{z.shape[0]} labels, one per sample",
-            got=f"{labels.shape[0]} labels",
-            fix="pass the labels of the same batch",
-        )
-    classes, counts = torch.unique(labels, return_counts=True)
-    conditional = sum(
-        (int(k) / z.shape[0]) * _entropy(z[labels == c], ridge)
-        for c, k in zip(classes, counts, strict=True)
-    )
+    labels = paired_labels(z, labels, "gaussian")
+    conditional = class_conditional(lambda zc: _entropy(zc, ridge), z, labels)
     return _entropy(z, ridge) - conditional
 
 
@@ -124,22 +105,16 @@ def information_plane(x, t, labels, *, ridge: float = RIDGE):
     return mutual_information(x, t, ridge=ridge), mutual_information_labels(t, labels, ridge=ridge)
 
 
-class Gaussian:
+class Gaussian(EstimatorPlugin):
     """The closed-form Gaussian estimator in the estimator registry."""
 
     name = "gaussian"
-
-    @hookimpl
-    def infoshape_estimators(self) -> list[Estimator]:
-        """The ``gaussian`` estimator: ``function`` is :func:`mutual_information`."""
-        return [
-            Estimator(
-                name="gaussian",
-                function=mutual_information,
-                unit="nats",
-                differentiable=True,
-                cost="O(N d^2 + d^3)",
-                description="closed-form MI of Gaussian fits (slogdet of covariances)",
-                information_plane=information_plane,
-            )
-        ]
+    estimator = Estimator(
+        name="gaussian",
+        function=mutual_information,
+        unit="nats",
+        differentiable=True,
+        cost="O(N d^2 + d^3)",
+        description="closed-form MI of Gaussian fits (slogdet of covariances)",
+        information_plane=information_plane,
+    )

@@ -25,10 +25,14 @@ from typing import Literal
 import attrs
 import torch
 
-from infoshape.capture import Tap
 from infoshape.errors import ConfigError
-from infoshape.hookspecs import hookimpl
-from infoshape.linalg import as_samples, pairwise_sq_distances
+from infoshape.estimator_plugin import EstimatorPlugin
+from infoshape.linalg import (
+    class_conditional,
+    nonempty_samples,
+    paired_labels,
+    pairwise_sq_distances,
+)
 from infoshape.registry import Estimator
 
 __all__ = [
@@ -82,15 +86,7 @@ def _entropy(z: torch.Tensor, noise_var: float, bound: str) -> torch.Tensor:
 
 
 def _samples(x) -> torch.Tensor:
-    z = as_samples(x, torch.float64)
-    if z.shape[0] == 0:
-        raise ConfigError(
-            "kl_pairwise: no samples",
-            expected="a tensor of shape (N, ...) with N >= 1",
-            got=f"shape {tuple(z.shape)}",
-            fix="pass at least one sample",
-        )
-    return z
+    return nonempty_samples(x, "kl_pairwise")
 
 
 def entropy_upper(x, noise_var: float = 0.1, *, unit: Unit = "nats") -> torch.Tensor:
@@ -126,19 +122,8 @@ def mi_ty(x, labels, noise_var: float = 0.1, bound: Bound = "upper", *, unit: Un
     """
     _check(noise_var, bound, unit)
     z = _samples(x)
-    labels = torch.as_tensor(labels).reshape(-1).to(z.device)
-    if labels.shape[0] != z.shape[0]:
-        raise ConfigError(
-            "kl_pairwise: labels and samples differ in number",
-            expected=f"{z.shape[0]} labels, one per sample",
-            got=f"{labels.shape[0]} labels",
-            fix="pass the labels of the same batch",
-        )
-    classes, counts = torch.unique(labels, return_counts=True)
-    conditional = sum(
-        (int(k) / z.shape[0]) * _entropy(z[labels == c], noise_var, bound)
-        for c, k in zip(classes, counts, strict=True)
-    )
+    labels = paired_labels(z, labels, "kl_pairwise")
+    conditional = class_conditional(lambda zc: _entropy(zc, noise_var, bound), z, labels)
     return _in(_entropy(z, noise_var, bound) - conditional, unit)
 
 
@@ -147,10 +132,19 @@ def information_plane(x, t, labels, noise_var: float = 0.1, bound: Bound = "uppe
     return mi_tx(t, noise_var, bound), mi_ty(t, labels, noise_var, bound)
 
 
-class KLPairwise:
+class KLPairwise(EstimatorPlugin):
     """Pairwise-distance bounds as an estimator, and per-layer I(T;X), I(T;Y) at epoch end."""
 
     name = "kl_pairwise"
+    estimator = Estimator(
+        name="kl_pairwise",
+        function=mi_tx,
+        unit="nats",
+        differentiable=True,
+        cost="O(N^2 d)",
+        description="Kolchinsky–Tracey pairwise-distance bounds on I(T;X), I(T;Y)",
+        information_plane=information_plane,
+    )
 
     @attrs.frozen(kw_only=True)
     class Config:
@@ -169,45 +163,9 @@ class KLPairwise:
         )
         layers: tuple[str, ...] = ()
 
-    def __init__(self) -> None:
-        self.config = self.Config()
-        self.taps: list[Tap] = []
-
-    @hookimpl
-    def infoshape_configure(self, config: Config) -> None:
-        """Keep the validated options."""
-        self.config = config
-
-    @hookimpl
-    def infoshape_taps(self, session) -> list[Tap]:
-        """One tap per glob in ``layers``."""
-        self.taps = [Tap(glob) for glob in self.config.layers]
-        return self.taps
-
-    @hookimpl
-    def infoshape_metrics(self, session, captures, targets, stage) -> dict[str, float]:
-        """``I_TX`` and ``I_TY`` of each tapped layer on the probe set (epoch stage only)."""
-        if stage != "epoch" or not captures or targets is None:
-            return {}
-        options, metrics = {"noise_var": self.config.noise_var, "bound": self.config.bound}, {}
-        with torch.no_grad():
-            for name in dict.fromkeys(n for tap in self.taps for n in session.capture_names(tap)):
-                i_tx, i_ty = information_plane(None, captures[name], targets, **options)
-                metrics[f"{self.name}.{name}.I_TX"] = float(i_tx)
-                metrics[f"{self.name}.{name}.I_TY"] = float(i_ty)
-        return metrics
-
-    @hookimpl
-    def infoshape_estimators(self) -> list[Estimator]:
-        """The ``kl_pairwise`` estimator (default: upper bound, σ² = 0.1)."""
-        return [
-            Estimator(
-                name="kl_pairwise",
-                function=mi_tx,
-                unit="nats",
-                differentiable=True,
-                cost="O(N^2 d)",
-                description="Kolchinsky–Tracey pairwise-distance bounds on I(T;X), I(T;Y)",
-                information_plane=information_plane,
-            )
-        ]
+    def layer_metrics(self, t, labels) -> dict[str, torch.Tensor]:
+        """``I_TX`` and ``I_TY`` of one layer's probe representation."""
+        i_tx, i_ty = information_plane(
+            None, t, labels, noise_var=self.config.noise_var, bound=self.config.bound
+        )
+        return {"I_TX": i_tx, "I_TY": i_ty}

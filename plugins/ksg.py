@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from infoshape.errors import ConfigError
-from infoshape.hookspecs import hookimpl
-from infoshape.linalg import as_samples
+from infoshape.estimator_plugin import EstimatorPlugin
+from infoshape.linalg import as_samples, paired_labels
 from infoshape.registry import Estimator
 
 __all__ = ["KSG", "information_plane", "mutual_information", "mutual_information_mixed"]
@@ -111,14 +111,7 @@ def mutual_information_mixed(
     Options as for :func:`mutual_information`; ``labels`` are ``(N,)`` class indices.
     """
     ts = _prepare(t, standardize, jitter, seed)
-    labels = torch.as_tensor(labels).reshape(-1).to(ts.device)
-    if labels.shape[0] != ts.shape[0]:
-        raise ConfigError(
-            "ksg: labels and samples differ in number",
-            expected=f"{ts.shape[0]} labels, one per sample",
-            got=f"{labels.shape[0]} labels",
-            fix="pass the labels of the same batch",
-        )
+    labels = paired_labels(ts, labels, "ksg")
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     keep = counts[inverse] > 1  # a sample alone in its class has no neighbour
     ts, inverse, n_class = ts[keep], inverse[keep], counts[inverse[keep]].to(torch.float64)
@@ -144,22 +137,16 @@ def information_plane(x, t, labels, k: int = 3):
     return mutual_information(x, t, k), mutual_information_mixed(t, labels, k)
 
 
-class KSG:
+class KSG(EstimatorPlugin):
     """The KSG k-nearest-neighbour estimator in the estimator registry."""
 
     name = "ksg"
-
-    @hookimpl
-    def infoshape_estimators(self) -> list[Estimator]:
-        """The ``ksg`` estimator: ``function`` is :func:`mutual_information` (k = 3)."""
-        return [
-            Estimator(
-                name="ksg",
-                function=mutual_information,
-                unit="nats",
-                differentiable=False,
-                cost="O(N^2 (d_x + d_y)) brute force, chunked",
-                description="Kraskov–Stögbauer–Grassberger kNN MI (Ross 2014 for labels)",
-                information_plane=information_plane,
-            )
-        ]
+    estimator = Estimator(
+        name="ksg",
+        function=mutual_information,
+        unit="nats",
+        differentiable=False,
+        cost="O(N^2 (d_x + d_y)) brute force, chunked",
+        description="Kraskov–Stögbauer–Grassberger kNN MI (Ross 2014 for labels)",
+        information_plane=information_plane,
+    )
