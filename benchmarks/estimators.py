@@ -1,0 +1,182 @@
+"""Estimator cost: seconds per call for each registered (estimator, path) at several N, on CPU.
+
+Every case gets the same seeded data: ``N`` samples of dimension ``d`` (default 128) drawn
+around 10 class centres (labels = the class), in float64. A case is a function
+``run(x, labels) -> float`` registered with :func:`case`; the timed call includes everything
+the estimator needs but the data (for Rényi: the Gram matrix at a given σ, normalization and
+the entropy). Each time is the minimum over ``--repeats`` calls (the machine is shared).
+Rows of a fast path report their relative difference to the ``exact`` row of the same
+estimator and N, when that ran. To add an estimator, register its cases::
+
+    @case("kl_pairwise", "exact")
+    def _kl(x, labels):
+        return float(kl_pairwise.entropy(x, noise_var=0.1))
+
+Usage: python benchmarks/estimators.py [--sizes 256 1000 4000] [--fast-sizes 10000]
+       [--exact-10k] [--dim 128] [--repeats 3] [--out benchmarks/results/estimators.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from infoshape.plugins import renyi
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed way of computing an estimator."""
+
+    estimator: str
+    path: str
+    run: Callable[[torch.Tensor, torch.Tensor], float]
+    max_n: int | None = None  # skipped above this N unless --exact-10k (O(N^3) exact paths)
+    ran: Callable[[int], str] | None = None  # the path that really ran at N (for "auto")
+
+
+CASES: list[Case] = []
+
+
+def case(estimator: str, path: str, max_n: int | None = None, ran=None):
+    """Register ``run(x, labels) -> float`` as the timed case (estimator, path)."""
+
+    def register(run: Callable[[torch.Tensor, torch.Tensor], float]):
+        CASES.append(Case(estimator, path, run, max_n, ran))
+        return run
+
+    return register
+
+
+def make_data(n: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` float64 samples around 10 Gaussian class centres (spread 3) in ``dim`` dims."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    centres = 3.0 * torch.randn(10, dim, generator=gen, dtype=torch.float64)
+    return centres[labels] + torch.randn(n, dim, generator=gen, dtype=torch.float64), labels
+
+
+# ----------------------------------------------------------------------------- Rényi
+def _renyi(method: str, alpha: float = 1.01) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    def run(x: torch.Tensor, labels: torch.Tensor) -> float:
+        A = renyi.normalize(renyi.gram(x, SIGMA[x.shape[0]]))
+        return float(renyi.entropy(A, alpha, method=method))
+
+    return run
+
+
+SIGMA: dict[int, float] = {}  # σ given: Silverman's width of each N, computed before timing
+for _path in ("exact", "lanczos", "auto"):
+    case(
+        "renyi",
+        _path,
+        max_n=4000 if _path == "exact" else None,
+        ran=lambda n, p=_path: renyi.resolve_method(n, 1.01, p),
+    )(_renyi(_path))
+case("renyi_alpha2", "auto", ran=lambda n: renyi.resolve_method(n, 2.0))(_renyi("auto", 2.0))
+
+
+# ----------------------------------------------------------------------------- driver
+def _time(run: Callable[[], float], repeats: int) -> tuple[float, float]:
+    best, value = math.inf, math.nan
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = run()
+        best = min(best, time.perf_counter() - start)
+    return best, value
+
+
+def bench(sizes: list[int], dim: int, repeats: int, lift_limits: bool = False) -> list[dict]:
+    """Time every registered case at every N (``max_n`` skips unless lifted); one row each."""
+    rows: list[dict] = []
+    for n in sizes:
+        x, labels = make_data(n, dim)
+        SIGMA[n] = renyi.silverman_sigma(x)
+        exact: dict[str, float] = {}
+        for c in sorted(CASES, key=lambda c: c.path != "exact"):  # exact first: the reference
+            if c.max_n is not None and n > c.max_n and not lift_limits:
+                continue
+            seconds, value = _time(
+                lambda c=c, x=x, y=labels: c.run(x, y), 1 if n > 4000 else repeats
+            )
+            if c.path == "exact":
+                exact[c.estimator] = value
+            ref = exact.get(c.estimator)
+            rel = None if ref is None or c.path == "exact" else abs(value - ref) / abs(ref)
+            ran = c.ran(n) if c.ran else c.path
+            rows.append(
+                {
+                    "estimator": c.estimator,
+                    "path": c.path,
+                    "ran": ran,
+                    "N": n,
+                    "d": dim,
+                    "seconds": seconds,
+                    "value": value,
+                    "rel_error_vs_exact": rel,
+                }
+            )
+            err = "" if rel is None else f"{100 * rel:.3f} %"
+            print(
+                f"{c.estimator:14s} {c.path:10s} {ran:10s} {n:6d} {seconds:9.4f} {value:11.5f} "
+                f"{err:>10s}",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    """Run the benchmark, print the table and write the JSON results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1000, 4000])
+    parser.add_argument(
+        "--fast-sizes",
+        type=int,
+        nargs="*",
+        default=[10_000],
+        help="larger sizes, where cases with an N limit (exact paths) are skipped",
+    )
+    parser.add_argument(
+        "--exact-10k",
+        action="store_true",
+        help="lift the N limits at the --fast-sizes: exact paths too (minutes at 10k)",
+    )
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/results/estimators.json")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d = {args.dim}")
+    print(
+        f"{'estimator':14s} {'path':10s} {'ran':10s} {'N':>6s} {'seconds':>9s} {'value':>11s} "
+        f"{'vs exact':>10s}"
+    )
+    rows = bench(args.sizes, args.dim, args.repeats)
+    rows += bench(args.fast_sizes, args.dim, args.repeats, lift_limits=args.exact_10k)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "data": f"10 Gaussian classes (centres spread 3, unit noise), d = {args.dim}, float64",
+        "timing": f"minimum over {args.repeats} calls (one call above N = 4000)",
+        "auto_exact_max_n": renyi.AUTO_EXACT_MAX_N,
+        "rows": rows,
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
