@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from infoshape.plugins import renyi
+from infoshape.plugins import binning, gaussian, kl_pairwise, ksg, renyi
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,16 @@ for _path in ("exact", "lanczos", "auto"):
         ran=lambda n, p=_path: renyi.resolve_method(n, 1.01, p),
     )(_renyi(_path))
 case("renyi_alpha2", "auto", ran=lambda n: renyi.resolve_method(n, 2.0))(_renyi("auto", 2.0))
+
+
+# ------------------------------------------------------------------- the other estimators
+# I(T;Y) of the data against its labels: the quantity an information plane needs per layer.
+case("kl_pairwise", "exact")(lambda x, y: float(kl_pairwise.mi_ty(x, y, noise_var=0.1)))
+case("binning", "exact")(
+    lambda x, y: float(binning.mutual_information(binning.discretize(x, 30), y))
+)
+case("gaussian", "exact")(lambda x, y: float(gaussian.mutual_information_labels(x, y)))
+case("ksg", "exact", max_n=1000)(lambda x, y: float(ksg.mutual_information_mixed(x, y, k=3)))
 
 
 # ----------------------------------------------------------------------------- driver
