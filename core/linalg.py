@@ -75,10 +75,10 @@ def class_conditional(
     Only classes present in ``labels`` enter; ``I(Z;Y) = H(Z) − class_conditional(...)``.
     """
     classes, counts = torch.unique(labels, return_counts=True)
-    return sum(
-        (int(k) / z.shape[0]) * entropy(z[labels == c])
-        for c, k in zip(classes, counts, strict=True)
-    )
+    total = z.new_zeros(())
+    for c, k in zip(classes, counts, strict=True):
+        total = total + (int(k) / z.shape[0]) * entropy(z[labels == c])
+    return total
 
 
 def pairwise_sq_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

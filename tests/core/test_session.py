@@ -87,7 +87,9 @@ def test_loss_is_objective_plus_weighted_penalties(mlp, batch):
         float(hidden.pow(2).mean().detach()), rel=1e-6
     )
     assert metrics["loss"] == pytest.approx(float(expected.detach()), rel=1e-6)
-    assert metrics["loss.objective"] == pytest.approx(float(F.cross_entropy(out, y).detach()), rel=1e-6)
+    assert metrics["loss.objective"] == pytest.approx(
+        float(F.cross_entropy(out, y).detach()), rel=1e-6
+    )
     assert metrics["step.seen"] == 1.0
     assert sink.closed
 
