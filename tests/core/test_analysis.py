@@ -8,7 +8,6 @@ values that plain xarray reads from the store.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -267,8 +266,6 @@ def test_estimator_found_by_name_through_an_entry_point(store, fake_distribution
 
 @pytest.mark.parametrize("name", ["kl_pairwise", "binning"])
 def test_shipped_estimators_place_the_run_on_the_plane(store, name):
-    if importlib.util.find_spec(f"infoshape.plugins.{name}") is None:
-        pytest.skip(f"plugins/{name}.py has not landed yet")
     result = analyze(store, name, max_samples=30)
     assert result["I_XT"].shape == (EPOCHS, 2)
     assert np.all(np.isfinite(result["I_XT"].values)) and np.all(result["I_TY"].values >= -1e-6)

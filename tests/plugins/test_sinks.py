@@ -61,7 +61,6 @@ def test_csv_default_path_is_beside_the_store(tmp_path, mlp, batch):
 
 
 def test_tensorboard_event_files_hold_the_scalars(tmp_path, mlp, batch):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     log_dir = tmp_path / "tb"
