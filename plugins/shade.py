@@ -18,9 +18,10 @@ details:
   ``p^z ← λ p^z + (1−λ) mean_k p(z | y_k)``, then, with that new ``p^z``,
   ``μ^z ← λ μ^z + (1−λ) mean_k p(z | y_k) y_k / p^z``.
   The update runs without grad at ``infoshape_step_end`` on the batch of the latest
-  ``Session.loss`` call (the tensors are kept detached; nothing is recomputed). In the
-  division ``p^z`` is clamped at the dtype's smallest normal number: a unit that never
-  fires has ``p¹ → 0`` geometrically, and ``0/0`` would otherwise follow.
+  ``Session.loss`` call, from the per-unit batch means that the penalty's forward pass
+  computed (nothing is recomputed). In the division ``p^z`` is clamped at the dtype's
+  smallest normal number: a unit that never fires has ``p¹ → 0`` geometrically, and
+  ``0/0`` would otherwise follow.
 - Penalty (eq. 11) ``Ω = Σ_layers Σ_units mean_k Σ_z p(z | y_k) (y_k − μ^z)²`` with the
   moving averages of the previous steps (eq. 11 has no gradient through ``μ``: "the
   expected values are not changed by the optimization"). **Batch mean**, where the
@@ -74,16 +75,20 @@ def p_active(y: torch.Tensor, p_z: PZ = "exp") -> torch.Tensor:
     Raises:
         ConfigError: for an unknown ``p_z``.
     """
+    _check_p_z(p_z)
     if p_z == "exp":
         return -torch.expm1(-y.clamp_min(0.0))
-    if p_z == "sigmoid":
-        return torch.sigmoid(y)
-    raise ConfigError(
-        "unknown p(Z=1|y) form",
-        expected=" or ".join(map(repr, P_Z)),
-        got=repr(p_z),
-        fix='use p_z="exp" (the paper) or p_z="sigmoid"',
-    )
+    return torch.sigmoid(y)
+
+
+def _check_p_z(p_z: str) -> None:
+    if p_z not in P_Z:
+        raise ConfigError(
+            "unknown p(Z=1|y) form",
+            expected=" or ".join(map(repr, P_Z)),
+            got=repr(p_z),
+            fix='use p_z="exp" (the paper) or p_z="sigmoid"',
+        )
 
 
 def _unit_layout(y: torch.Tensor, channel_dim: int) -> tuple[int, list[int], list[int]]:
@@ -109,22 +114,27 @@ def _unit_layout(y: torch.Tensor, channel_dim: int) -> tuple[int, list[int], lis
 
 
 class _Omega(torch.autograd.Function):
-    """One layer's Ω (eq. 11, batch mean) and ``p1 = p(Z=1|y)``, with a closed-form gradient.
+    """One layer's Ω (eq. 11, batch mean) from per-unit sums, with a closed-form gradient.
 
-    Per element ``t = (1 − p)(y − μ⁰)² + p (y − μ¹)²`` with ``p = p(Z=1|y)``, so
-    ``dt/dy = 2(y − μ⁰) + 2p(μ⁰ − μ¹) + p′(y)(μ⁰ − μ¹)(2y − μ⁰ − μ¹)``
-    ``= 2h(1 + c p′) + c(2p − 1)`` with ``h = y − (μ⁰ + μ¹)/2`` and ``c = μ⁰ − μ¹``;
-    ``p′ = (1 − p) 1(y > 0)`` for ``"exp"`` and ``p(1 − p)`` for ``"sigmoid"``. The
-    moving averages get no gradient (§3.3). Computing this in place takes about half the
-    passes over the activations of autograd's graph of the same expression. ``p1`` is
-    returned (not differentiable) for Algorithm 1's update.
+    With ``d = y − μ⁰``, ``c = μ⁰ − μ¹`` and ``p = p(Z=1|y)``, the element of eq. 11 is
+    ``(1 − p) d² + p (d + c)² = d² + p (2cd + c²)``, so a unit's Ω needs only the sums
+    ``Σd``, ``Σd²``, ``Σq`` and ``Σqd`` over its samples, where ``q = 1 − p = p(Z=0|y)``:
+    ``n Ω_u = Σd² + 2c(Σd − Σqd) + c²(n − Σq)``. Centering on ``μ⁰`` keeps the sums free of
+    cancellation when the activations sit at the averages (Ω → 0). The same sums give
+    Algorithm 1's batch means (``mean p``, ``mean p·y``, ``mean y``), returned (not
+    differentiable) for the update at step end: nothing is recomputed.
+
+    Gradient: ``n dΩ/dy = 2d + c (2p + p′(y)(2d + c))`` with ``p′ = q 1(y > 0)`` for
+    ``"exp"``, so ``c 1(y > 0)(2 + q(2d + c − 2))``, and ``p′ = pq`` for ``"sigmoid"``, so
+    ``c p (2 + q(2d + c))``. The moving averages get no gradient (§3.3). About a third of
+    the passes over the activations of autograd's graph of the same expression.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, y: torch.Tensor, mu: torch.Tensor, p_z: PZ, channel_dim: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        units, _, shape = _unit_layout(y, channel_dim)
+        units, dims, shape = _unit_layout(y, channel_dim)
         if mu.shape != (2, units):
             raise CaptureError(
                 "the moving averages do not fit the activations",
@@ -132,34 +142,45 @@ class _Omega(torch.autograd.Function):
                 got=f"mu of shape {tuple(mu.shape)}",
                 fix="keep the layer's width fixed during a session (or start a new one)",
             )
+        _check_p_z(p_z)
         mu = mu.to(device=y.device, dtype=y.dtype)
-        p1 = p_active(y, p_z)
-        term = (y - mu[0].view(shape)).square_().lerp_((y - mu[1].view(shape)).square_(), p1)
-        ctx.scale = units / term.numel()  # Σ over units of the mean over samples
-        ctx.p_z, ctx.shape = p_z, shape
-        ctx.save_for_backward(y, p1, mu)
-        ctx.mark_non_differentiable(p1)
-        return term.sum() * ctx.scale, p1
+        mu0, c = mu[0], mu[0] - mu[1]
+        n = y.numel() // units
+        d = y - mu0.view(shape)
+        # q = p(Z=0|y): exp(−ReLU(y)), or 1 − sigmoid(y)
+        q = torch.relu(y).neg_().exp_() if p_z == "exp" else torch.sigmoid(y).neg_().add_(1.0)
+        sum_d, sum_dd = d.sum(dims), (d * d).sum(dims)  # per unit
+        sum_p, sum_pd = n - q.sum(dims), sum_d - (q * d).sum(dims)
+        omega = (sum_dd + c * (2.0 * sum_pd + c * sum_p)).sum() / n
+        # Algorithm 1's batch means: p(Z=1), p(Z=1)·y and y
+        means = torch.stack((sum_p, sum_pd + mu0 * sum_p, sum_d + n * mu0)) / n
+        ctx.p_z, ctx.shape, ctx.n = p_z, shape, n
+        ctx.save_for_backward(y, d, q, c)
+        ctx.mark_non_differentiable(means)
+        return omega, means
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(  # type: ignore[override]
-        ctx: Any, grad: torch.Tensor, _grad_p1: torch.Tensor | None
+        ctx: Any, grad: torch.Tensor, _grad_means: torch.Tensor | None
     ) -> tuple[torch.Tensor, None, None, None]:
-        y, p1, mu = ctx.saved_tensors
-        a, b = mu[0].view(ctx.shape), mu[1].view(ctx.shape)
-        c = a - b
-        # p′ = (1 − p)·1(y > 0) for "exp" (p > 0 exactly where y > 0), (1 − p)·p for "sigmoid"
-        dp = torch.sub(1.0, p1).mul_(p1 > 0 if ctx.p_z == "exp" else p1)
-        g = dp.mul_(c).add_(1.0).mul_(y - (a + b) / 2).mul_(2.0)  # 2h(1 + c p′)
-        g.addcmul_(c, p1, value=2.0).sub_(c)  # + c(2p − 1)
-        return g.mul_(grad * ctx.scale), None, None, None
+        y, d, q, c = ctx.saved_tensors
+        scale = grad / ctx.n
+        c = c.view(ctx.shape)
+        if ctx.p_z == "exp":  # c 1(y > 0)(2 + q(2d + c − 2))
+            g = torch.add(c - 2.0, d, alpha=2.0).mul_(q).add_(2.0)
+            g = torch.ops.aten.threshold_backward(g, y, 0.0)  # ReLU's backward kernel
+        else:  # c p (2 + q(2d + c)) with p = 1 − q
+            g = torch.add(c, d, alpha=2.0).mul_(q).add_(2.0)
+            g.addcmul_(g, q, value=-1.0)
+        g.mul_(c * scale).addcmul_(d, 2.0 * scale)
+        return g, None, None, None
 
 
 def _omega(
     y: torch.Tensor, mu: torch.Tensor, p_z: PZ, channel_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Ω, p(Z=1|y))`` of one layer (:class:`_Omega`); ``mu`` is taken as a constant."""
+    """``(Ω, batch means)`` of one layer (:class:`_Omega`); ``mu`` is taken as a constant."""
     return _Omega.apply(y, mu.detach(), p_z, channel_dim)
 
 
@@ -207,22 +228,35 @@ class ShadeAverages:
     ) -> None:
         """One step of Algorithm 1 on the batch ``y`` (``p1 = p(Z=1|y)`` if already known)."""
         units, dims, _ = _unit_layout(y, channel_dim)
-        if units != self.p.shape[1]:
-            raise CaptureError(
-                "the layer's width changed",
-                expected=f"{self.p.shape[1]} units",
-                got=f"{units} units in a tensor of shape {tuple(y.shape)}",
-                fix="keep the layer's width fixed during a session (or start a new one)",
-            )
+        self._check_width(units, tuple(y.shape))
         y = y.detach().to(self.p.dtype)
         p1 = (p_active(y, p_z) if p1 is None else p1.detach()).to(self.p.dtype)
-        m1, m1y, my = p1.mean(dims), (p1 * y).mean(dims), y.mean(dims)
-        batch_p = torch.stack((1.0 - m1, m1)).to(self.p.device)
-        batch_py = torch.stack((my - m1y, m1y)).to(self.p.device)
+        self.update_means(torch.stack((p1.mean(dims), (p1 * y).mean(dims), y.mean(dims))))
+
+    @torch.no_grad()
+    def update_means(self, means: torch.Tensor) -> None:
+        """One step of Algorithm 1 from a batch's means per unit, ``(3, u)``.
+
+        Rows: ``mean_k p(Z=1|y_k)``, ``mean_k p(Z=1|y_k) y_k`` and ``mean_k y_k`` (the
+        second row of ``p(Z=0|y)`` follows from them: ``1 − p`` and ``y − p·y``).
+        """
+        self._check_width(means.shape[-1], tuple(means.shape))
+        m1, m1y, my = means.detach().to(device=self.p.device, dtype=self.p.dtype)
+        batch_p = torch.stack((1.0 - m1, m1))
+        batch_py = torch.stack((my - m1y, m1y))
         lam = self.decay
         self.p.mul_(lam).add_(batch_p, alpha=1.0 - lam)
         tiny = torch.finfo(self.p.dtype).tiny
         self.mu.mul_(lam).add_(batch_py / self.p.clamp_min(tiny), alpha=1.0 - lam)
+
+    def _check_width(self, units: int, shape: tuple[int, ...]) -> None:
+        if units != self.p.shape[1]:
+            raise CaptureError(
+                "the layer's width changed",
+                expected=f"{self.p.shape[1]} units",
+                got=f"{units} units in a tensor of shape {shape}",
+                fix="keep the layer's width fixed during a session (or start a new one)",
+            )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``{"p": ..., "mu": ...}`` (copies on CPU)."""
@@ -293,7 +327,7 @@ class Shade:
         self.taps: list[Tap] = []
         self.averages: dict[str, ShadeAverages] = {}
         self._modules: dict[str, str] = {}  # capture name -> module name
-        self._pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._pending: dict[str, torch.Tensor] = {}  # capture name -> batch means
         self._inplace: list[nn.Module] = []
 
     @hookimpl
@@ -334,15 +368,16 @@ class Shade:
     def infoshape_penalty(
         self, session: Any, captures: Mapping[str, torch.Tensor]
     ) -> list[Penalty]:
-        """β Ω summed over the layers (or one penalty per layer); keeps the batch detached."""
+        """β Ω summed over the layers (or one penalty per layer); keeps the batch's means."""
         c = self.config
         self._pending = {}
         terms = {}
         for name, module in self._layers(session).items():
             if (y := captures.get(name)) is None:
                 continue
-            terms[module], p1 = _omega(y, self._averages(name, y).mu, c.p_z, c.channel_dim)
-            self._pending[name] = (y.detach(), p1)
+            terms[module], self._pending[name] = _omega(
+                y, self._averages(name, y).mu, c.p_z, c.channel_dim
+            )
         if not terms:
             return []
         if c.per_layer:
@@ -352,9 +387,8 @@ class Shade:
     @hookimpl
     def infoshape_step_end(self) -> None:
         """Algorithm 1 on the batch of the latest loss, without grad."""
-        c = self.config
-        for name, (y, p1) in self._pending.items():
-            self.averages[name].update(y, p1, c.p_z, c.channel_dim)
+        for name, means in self._pending.items():
+            self.averages[name].update_means(means)
         self._pending = {}
 
     @hookimpl

@@ -191,6 +191,30 @@ def test_gradient_matches_autograd_of_the_written_out_expression(p_z):
     assert torch.allclose(got, want, atol=1e-12)
 
 
+@pytest.mark.parametrize("p_z", ["exp", "sigmoid"])
+def test_float32_penalty_and_gradient_far_from_zero_and_at_tiny_positive_inputs(p_z):
+    # activations near 100 with averages at 100.5 and 99.5: a sum-of-squares shortcut in
+    # float32 would cancel; values 1e-30 and 0 test the 1(y > 0) of p′ exactly
+    gen = torch.Generator().manual_seed(3)
+    y64 = torch.cat(
+        [
+            100.0 + 0.01 * torch.randn(200, 2, generator=gen, dtype=torch.float64),
+            torch.tensor([[1e-30, 0.0], [-1e-30, 2.0]], dtype=torch.float64),
+        ]
+    )
+    mu64 = torch.tensor([[100.5, 0.3], [99.5, -0.2]], dtype=torch.float64)
+    y64.requires_grad_()
+    p = 1 - torch.exp(-torch.relu(y64)) if p_z == "exp" else torch.sigmoid(y64)
+    a, b = mu64[0], mu64[1]
+    reference = (((1 - p) * (y64 - a) ** 2 + p * (y64 - b) ** 2).mean(0)).sum()
+    (want,) = torch.autograd.grad(reference, y64)
+    y32 = y64.detach().float().requires_grad_()
+    got = shade_penalty(y32, mu64.float(), p_z)
+    (grad,) = torch.autograd.grad(got, y32)
+    assert float(got.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    assert torch.allclose(grad.double(), want, rtol=1e-4, atol=1e-7)
+
+
 def test_gradients_reach_the_pre_activations_but_not_the_averages():
     mu = torch.tensor([[-1.0, -0.5], [1.0, 2.0]], requires_grad=True)
     y = torch.tensor(Y1, requires_grad=True)
