@@ -285,7 +285,7 @@ class Capture:
         return hook
 
     def _check_finite(self, r: _Resolved, tensor: torch.Tensor) -> None:
-        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point() or _all_finite(tensor):
             return
         n_bad = int((~torch.isfinite(tensor)).sum())
         report_nonfinite(
@@ -295,3 +295,16 @@ class Capture:
             got=f"{n_bad} of {tensor.numel()} values non-finite",
             fix="lower the learning rate or check the input; on_nonfinite='warn' continues",
         )
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of a floating-point tensor is finite, in one read of it.
+
+    A NaN or an infinity makes the sum non-finite, so a finite sum settles it without the
+    boolean tensor of ``isfinite`` (several times slower on large maps); a non-finite
+    sum (which finite values can also give, by overflow) is checked value by value.
+    """
+    wide = torch.float32 if tensor.element_size() < 4 else tensor.dtype
+    if bool(torch.isfinite(tensor.detach().sum(dtype=wide))):
+        return True
+    return bool(torch.isfinite(tensor).all())

@@ -87,6 +87,25 @@ def test_nonfinite_capture_can_warn(mlp):
         assert capture.tensors["fc1"].shape == (4, 16)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_finite_values_whose_sum_overflows_pass_and_opposite_infinities_do_not(dtype):
+    big = torch.finfo(dtype).max
+    tap = nn.Sequential()
+    tap.add_module("id", nn.Identity())
+    with Capture(tap, [Tap("id")]) as capture:
+        tap(torch.full((8, 4), big, dtype=dtype))  # every value finite: no error
+        assert capture.tensors["id"].dtype == dtype
+        for bad, count in ((float("inf"), 1), (float("nan"), 1)):
+            x = torch.zeros(8, 4, dtype=dtype)
+            x[2, 1] = bad
+            with pytest.raises(NonFiniteError, match=f"holds {count} NaN/Inf"):
+                tap(x)
+        x = torch.zeros(8, 4, dtype=dtype)
+        x[0, 0], x[5, 3] = float("inf"), float("-inf")  # a sum of NaN
+        with pytest.raises(NonFiniteError, match="holds 2 NaN/Inf"):
+            tap(x)
+
+
 def test_tuple_outputs_use_the_first_tensor():
     lstm = nn.Sequential()
     lstm.add_module("rnn", nn.GRU(3, 5, batch_first=True))
