@@ -19,8 +19,22 @@ Choi & Rhee, AAAI 2019, for the class-wise forms), with the conventions of the p
 ``normalize=True`` divides by the number of terms: ``u(u−1)/2`` for CR, ``u`` for VR, L1R and
 RR, times the class count ``C = n_classes`` for the class-wise forms (the public code's
 factors; a one-unit CR divides by 1). Half-precision inputs are computed in float32; the
-result keeps the autograd graph. The class-wise forms pad each present class into one
-``(K, max_k |S_k|, u)`` block tensor, so their cost is one batched product, with no loop.
+result keeps the autograd graph.
+
+``channels=True`` reads a map ``(N, C, *spatial)`` with its channels as the units and every
+position of every sample as a sample (``N·H·W`` samples of ``C`` units, as batch norm does),
+without copying the map into that layout; class labels stay one per map (``N``), and
+``reduction="mean"`` divides by ``N·H·W``. The value equals the function of
+``z.movedim(1, -1).reshape(-1, C)`` with the labels repeated per position.
+
+How the cost is kept to a few passes over ``Z`` (a training step calls these on every batch):
+classes enter as a one-hot ``(N, C)`` matrix (no sort, padding or ``unique``); VR and the
+covariance of a map are custom autograd functions whose backward is the closed-form
+gradient (``2(z − μ_k)/n_k`` for VR, ``(G_k + G_kᵀ)(z − μ_k)`` for ``C_k``, one pass or one
+batched product); RR's absolute sums are one function whose backward touches only the
+rows and columns that attain the maxima. CR of ``N < u`` rows uses the ``N × N`` Gram matrix
+(``‖C‖_F² = ‖Z_c Z_cᵀ‖_F²/N²``). These closed-form backwards are first-order only (a
+second derivative through them raises).
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from infoshape.errors import ConfigError
 from infoshape.linalg import nonempty_samples, paired_labels
@@ -37,23 +52,23 @@ __all__ = ["cr", "cw_cr", "cw_rr", "cw_vr", "l1r", "rr", "vr"]
 Reduction = Literal["sum", "mean"]
 
 
-def _samples(z: torch.Tensor, who: str) -> torch.Tensor:
-    """``z`` as ``(N, u)`` with ``N ≥ 1``; floats of 32 bits or more (half is upcast)."""
+# ------------------------------------------------------------------ inputs
+def _samples(z: torch.Tensor, who: str, channels: bool = False) -> torch.Tensor:
+    """``z`` as ``(N, u, P)``: ``P`` positions per sample (1 unless ``channels``), ``N ≥ 1``.
+
+    Floats of 32 bits or more are kept, half precision is upcast to float32; no copy of a
+    float32 map is made.
+    """
     z = torch.as_tensor(z)
     wide = z.is_floating_point() and z.dtype not in (torch.float16, torch.bfloat16)
-    return nonempty_samples(z, who, z.dtype if wide else torch.float32)
+    dtype = z.dtype if wide else torch.float32
+    x = nonempty_samples(z, who, dtype)  # (N, features): a view of a float32 map
+    return x.reshape(len(x), z.shape[1], -1) if channels and z.ndim >= 3 else x[:, :, None]
 
 
-def _class_blocks(
-    z: torch.Tensor, labels: torch.Tensor, n_classes: int, who: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each present class's rows, zero-padded: blocks ``(K, m, u)``, mask ``(K, m, 1)``, counts.
-
-    ``K`` is the number of classes present and ``m`` the largest class count.
-    """
-    z = _samples(z, who)
-    labels = paired_labels(z, labels, who)
-    bad_type = labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
+def _onehot(x: torch.Tensor, labels, n_classes: int, who: str) -> torch.Tensor:
+    """The labels of ``x``'s ``N`` samples as a one-hot ``(N, n_classes)`` float matrix."""
+    labels = paired_labels(x, labels, who)
     if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 1:
         raise ConfigError(
             f"{who}: n_classes must be a positive int",
@@ -61,63 +76,214 @@ def _class_blocks(
             got=repr(n_classes),
             fix="pass the task's number of classes (the model's output width)",
         )
-    if bad_type or bool(((labels < 0) | (labels >= n_classes)).any()):
+    bad_type = labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
+    low, high = (0, 0) if bad_type else torch.stack(torch.aminmax(labels)).tolist()
+    if bad_type or low < 0 or high >= n_classes:
         raise ConfigError(
             f"{who}: labels must be class indices in [0, n_classes)",
             expected=f"integer labels in [0, {n_classes - 1}]",
             got=f"{labels.dtype} labels in [{labels.min().item()}, {labels.max().item()}]",
             fix="pass the batch's integer class labels and the number of classes",
         )
-    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    order = torch.argsort(inverse, stable=True)
-    group = inverse[order]
-    slot = torch.arange(len(order), device=z.device) - (torch.cumsum(counts, 0) - counts)[group]
-    shape = (len(counts), int(counts.max()))
-    blocks = z.new_zeros(*shape, z.shape[1]).index_put((group, slot), z[order])
-    mask = z.new_zeros(*shape, 1).index_put((group, slot), z.new_ones(len(order), 1))
-    return blocks, mask, counts.to(z.dtype)
+    classes = torch.arange(n_classes, device=x.device)
+    return (labels[:, None] == classes).to(x.dtype)
 
 
-def _whole(z: torch.Tensor, who: str) -> tuple[torch.Tensor, None, torch.Tensor]:
-    """The batch as one block: ``(1, N, u)``, no mask, count ``N``."""
-    z = _samples(z, who)
-    return z[None], None, z.new_full((1,), z.shape[0])
+def _counts(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+    """Samples per group ``M_k`` (``n_k·P``): ``(K,)``, ``K = 1`` for the whole batch."""
+    n = x.new_full((1,), x.shape[0]) if onehot is None else onehot.sum(0)
+    return n * x.shape[2]
 
 
-def _centered(blocks: torch.Tensor, mask: torch.Tensor | None, counts: torch.Tensor):
-    """Each block minus its mean (eq. 11); padded rows stay zero."""
-    centered = blocks - blocks.sum(1, keepdim=True) / counts[:, None, None]
-    return centered if mask is None else centered * mask
+def _by_group(per_sample: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+    """Sum a ``(N, ...)`` tensor over each group's samples: ``(K, ...)``."""
+    if onehot is None:
+        return per_sample.sum(0, keepdim=True)
+    return (onehot.mT @ per_sample.reshape(len(onehot), -1)).reshape(-1, *per_sample.shape[1:])
 
 
-def _covariance_terms(blocks, mask, counts) -> torch.Tensor:
-    """``Σ_{i<j} c_ij² = ½(‖C‖_F² − ‖diag C‖²)`` of each block's biased covariance (eq. 12).
+def _per_sample(per_group: torch.Tensor, onehot: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Each sample's row of a ``(K, ...)`` per-group tensor: ``(N, ...)``."""
+    if onehot is None:
+        return per_group.expand(n, *per_group.shape[1:])
+    return (onehot @ per_group.reshape(len(per_group), -1)).reshape(n, *per_group.shape[1:])
 
-    With fewer rows ``m`` than units ``u``, ``‖C‖_F² = ‖Z_c Z_cᵀ‖_F²/n²`` comes from the
-    ``m × m`` Gram matrix of the centred rows (a batch of 128 samples of 512 units, or one
-    class's few samples, needs no ``u × u`` product); otherwise the covariance is formed and
-    its upper triangle summed. Shape ``(K,)``.
+
+def _centered(x: torch.Tensor, onehot: torch.Tensor | None, counts: torch.Tensor):
+    """``x`` minus its group's mean (eq. 11), computed without autograd."""
+    means = _by_group(x.sum(2), onehot) / counts.clamp_min(1)[:, None]
+    return x - _per_sample(means, onehot, len(x))[:, :, None]
+
+
+def _sample_norms(x: torch.Tensor) -> torch.Tensor:
+    """``‖x_n‖²`` of each sample's ``u × P`` block, one pass and no temporary: ``(N,)``."""
+    flat = x.reshape(len(x), 1, -1)
+    return torch.bmm(flat, flat.mT).reshape(-1)
+
+
+# ------------------------------------------------------------------ autograd functions
+class _GroupVariance(torch.autograd.Function):
+    """``V_k = Σ_{n∈k} ‖x_n − μ_k‖² / M_k``: each group's summed population variance.
+
+    Backward: ``∂V_k/∂x_n = 2(x_n − μ_k)/M_k``, one pass (the mean's term sums to zero).
     """
-    centered = _centered(blocks, mask, counts)
-    m, u = centered.shape[1:]
-    if m >= u:  # the covariance itself: exact off-diagonal sum
-        cov = centered.mT @ centered / counts[:, None, None]
+
+    @staticmethod
+    def forward(ctx, x, onehot, counts):
+        centered = _centered(x, onehot, counts)
+        ctx.save_for_backward(centered, onehot, counts)
+        return _by_group(_sample_norms(centered), onehot) / counts.clamp_min(1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        centered, onehot, counts = ctx.saved_tensors
+        weight = _per_sample(2 * grad / counts.clamp_min(1), onehot, len(centered))
+        return centered * weight[:, None, None], None, None
+
+
+class _GroupCovariance(torch.autograd.Function):
+    """``C_k = Σ_{n∈k} (x_n − μ_k)(x_n − μ_k)ᵀ / M_k`` of maps ``(N, u, P)``: ``(K, u, u)``.
+
+    One ``u × u`` product per sample (batched); backward ``∂/∂x_n = (G_k + G_kᵀ)(x_n − μ_k)
+    / M_k`` for the incoming ``G``, one batched product (the mean's term sums to zero).
+    """
+
+    @staticmethod
+    def forward(ctx, x, onehot, counts):
+        centered = _centered(x, onehot, counts)
+        ctx.save_for_backward(centered, onehot, counts)
+        grams = torch.bmm(centered, centered.mT)
+        return _by_group(grams, onehot) / counts.clamp_min(1)[:, None, None]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        centered, onehot, counts = ctx.saved_tensors
+        sym = (grad + grad.mT) / counts.clamp_min(1)[:, None, None]
+        return torch.bmm(_per_sample(sym, onehot, len(centered)), centered), None, None
+
+
+class _AbsoluteSums(torch.autograd.Function):
+    """Of ``x`` ``(N, u, P)``: ``‖x_n‖²`` ``(N,)``, ``Σ_p |x|`` ``(N, u)``, ``Σ_i |x|`` ``(N, P)``.
+
+    Backward: ``2 g_n x + sign(x)·(g_ni + g_np)``; for maps (``P > 1``) the second term is
+    added only where the incoming gradients are non-zero (after a maximum: the rows and
+    columns that attain it), sparing full passes over the map.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        magnitude = x.abs()
+        return _sample_norms(x), magnitude.sum(2), magnitude.sum(1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, norms, units, positions):
+        (x,) = ctx.saved_tensors
+        grad = x * (2 * norms)[:, None, None] if norms is not None else torch.zeros_like(x)
+        if x.shape[2] == 1:  # rows: dense is cheaper than finding the non-zeros
+            units = 0 if units is None else units[:, :, None]
+            positions = 0 if positions is None else positions[:, None, :]
+            return grad.addcmul_(x.sign(), units + positions)
+        if units is not None:
+            n, i = units.nonzero(as_tuple=True)
+            grad[n, i] += x[n, i].sign() * units[n, i, None]
+        if positions is not None:
+            n, p = positions.nonzero(as_tuple=True)
+            grad[n, :, p] += x[n, :, p].sign() * positions[n, p, None]
+        return grad
+
+
+class _GramCovariance(torch.autograd.Function):
+    """``Σ_{i<j} c_ij²`` per group of rows ``(m, u)`` from the ``m × m`` Gram matrix: ``(K,)``.
+
+    With ``A = Z_c Z_cᵀ`` (rows centred per group) and ``v_k`` the group's variances,
+    ``Ω_k = ½(Σ_{a,b∈k} A_ab²/n_k² − ‖v_k‖²)``; backward ``∂Ω_k/∂z_a = (2/n_k)(Σ_{b∈k}
+    A_ab z_c^b / n_k − v_k ⊙ z_c^a)``: one ``m × m × u`` product each way (the mean's term
+    sums to zero).
+    """
+
+    @staticmethod
+    def forward(ctx, rows, onehot, counts):
+        centered = _centered(rows[:, :, None], onehot, counts)[:, :, 0]
+        counts = counts.clamp_min(1)
+        gram = centered @ centered.mT
+        variances = _by_group(centered.square(), onehot) / counts[:, None]
+        if onehot is None:
+            frobenius = gram.square().sum()[None] / counts.square()
+        else:
+            scaled = onehot / counts
+            frobenius = ((scaled.mT @ gram.square()) * scaled.mT).sum(1)
+        terms = (frobenius - variances.square().sum(1)) / 2
+        ctx.save_for_backward(centered, onehot, counts, gram, variances, terms >= 0)
+        return terms.clamp_min(0.0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        centered, onehot, counts, gram, variances, kept = ctx.saved_tensors
+        grad = grad * kept / counts
+        if onehot is None:
+            pairs = gram * (grad / counts)
+        else:
+            pairs = gram * ((onehot * (grad / counts)) @ onehot.mT)
+        shrink = _per_sample(variances * grad[:, None], onehot, len(centered))
+        return 2 * (pairs @ centered - shrink * centered), None, None
+
+
+# ------------------------------------------------------------------ per-group terms
+def _flat_rows(x: torch.Tensor, onehot: torch.Tensor | None):
+    """Maps ``(N, u, P)`` as ``(N·P, u)`` rows (a copy when ``P > 1``), one-hot repeated."""
+    positions = x.shape[2]
+    rows = x.movedim(2, 1).reshape(-1, x.shape[1])
+    if onehot is not None and positions > 1:
+        onehot = onehot.repeat_interleave(positions, 0)
+    return rows, onehot
+
+
+def _covariance_terms(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+    """``Σ_{i<j} c_ij²`` of each group's biased covariance (eq. 12): ``(K,)``.
+
+    Maps with no more channels than positions use :class:`_GroupCovariance` (per-sample
+    ``u × u`` products, no copy of the map). Otherwise the rows ``(N·P, u)`` are centred
+    per group; with fewer rows ``m`` than units, ``‖C_k‖_F²`` comes from the ``m × m`` Gram
+    matrix restricted to same-group pairs (``Σ_{a,b∈k} (z_c^a·z_c^b)²/n_k²``), otherwise
+    each group's covariance is formed.
+    """
+    u = x.shape[1]
+    if x.shape[2] > 1 and u <= x.shape[2]:
+        cov = _GroupCovariance.apply(x, onehot, _counts(x, onehot))
         return torch.triu(cov, diagonal=1).square().sum((1, 2))
-    frobenius = (centered @ centered.mT).square().sum((1, 2)) / counts.square()
-    diagonal = (centered.square().sum(1) / counts[:, None]).square().sum(1)
-    return (frobenius - diagonal).clamp_min(0.0) / 2
+    rows, onehot = _flat_rows(x, onehot)
+    counts = _counts(rows[:, :, None], onehot)
+    if len(rows) < u:
+        return _GramCovariance.apply(rows, onehot, counts)
+    counts = counts.clamp_min(1)  # each group's covariance: exact off-diagonal sum
+    centered = rows - _per_sample(_by_group(rows, onehot) / counts[:, None], onehot, len(rows))
+    masked = centered if onehot is None else onehot.mT[:, :, None] * centered
+    cov = masked.mT @ centered / counts[:, None, None]
+    return torch.triu(cov, diagonal=1).square().sum((1, 2))
 
 
-def _variance_terms(blocks, mask, counts) -> torch.Tensor:
-    """``Σ_i v_i`` of each block, population variances (eq. 13): shape ``(K,)``."""
-    return _centered(blocks, mask, counts).square().sum((1, 2)) / counts
+def _variance_terms(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+    """``Σ_i v_i`` of each group, population variances (eq. 13): ``(K,)``."""
+    return _GroupVariance.apply(x, onehot, _counts(x, onehot))
 
 
-def _rank_terms(blocks, mask, counts) -> torch.Tensor:
-    """``‖Z‖_F² / (‖Z‖₁‖Z‖_∞)`` of each block (eq. 9), 0 for an all-zero block: ``(K,)``."""
-    magnitude = blocks.abs()
-    frobenius = blocks.square().sum((1, 2))
-    bound = magnitude.sum(1).amax(1) * magnitude.sum(2).amax(1)  # padded rows sum to 0
+def _rank_terms(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+    """``‖Z‖_F² / (‖Z‖₁‖Z‖_∞)`` of each group (eq. 9), 0 for an all-zero group: ``(K,)``."""
+    norms, unit_sums, position_sums = _AbsoluteSums.apply(x)
+    frobenius = _by_group(norms, onehot)
+    column = _by_group(unit_sums, onehot).amax(1)
+    if onehot is None:
+        row = position_sums.amax()[None]
+    else:  # the largest row sum among each class's rows (absent classes: 0)
+        index = onehot.argmax(1)[:, None].expand(position_sums.shape).reshape(-1)
+        row = position_sums.new_zeros(onehot.shape[1])
+        row = row.scatter_reduce(0, index, position_sums.reshape(-1), "amax", include_self=False)
+    bound = column * row
     return frobenius / torch.where(bound > 0, bound, torch.ones_like(bound))
 
 
@@ -130,19 +296,26 @@ def _pairs(u: int) -> int:
     return max(u * (u - 1) // 2, 1)
 
 
-def cr(z: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+# ------------------------------------------------------------------ the regularizers
+def cr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """CR (DeCov): ``½(‖C‖_F² − ‖diag C‖²)`` of the batch covariance; ``/ (u(u−1)/2)``."""
-    blocks, mask, counts = _whole(z, "cr")
-    return _total(_covariance_terms(blocks, mask, counts), _pairs(blocks.shape[2]), normalize)
+    x = _samples(z, "cr", channels)
+    return _total(_covariance_terms(x, None), _pairs(x.shape[1]), normalize)
 
 
-def vr(z: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+def vr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """VR: ``Σ_i Var(z_i)``, population variances over the batch; normalized ``/ u``."""
-    blocks, mask, counts = _whole(z, "vr")
-    return _total(_variance_terms(blocks, mask, counts), blocks.shape[2], normalize)
+    x = _samples(z, "vr", channels)
+    return _total(_variance_terms(x, None), x.shape[1], normalize)
 
 
-def l1r(z: torch.Tensor, normalize: bool = False, reduction: Reduction = "sum") -> torch.Tensor:
+def l1r(
+    z: torch.Tensor,
+    normalize: bool = False,
+    reduction: Reduction = "sum",
+    *,
+    channels: bool = False,
+) -> torch.Tensor:
     """L1R: ``Σ_n Σ_i |z_i^n|``; ``reduction="mean"`` divides by ``N``, ``normalize`` by ``u``."""
     if reduction not in ("sum", "mean"):
         raise ConfigError(
@@ -151,38 +324,55 @@ def l1r(z: torch.Tensor, normalize: bool = False, reduction: Reduction = "sum") 
             got=repr(reduction),
             fix='pass reduction="sum" or reduction="mean"',
         )
-    z = _samples(z, "l1r")
-    total = z.abs().sum()
-    total = total / z.shape[0] if reduction == "mean" else total
-    return total / z.shape[1] if normalize else total
+    x = _samples(z, "l1r", channels)
+    total = x.abs().sum()
+    total = total / (x.shape[0] * x.shape[2]) if reduction == "mean" else total
+    return total / x.shape[1] if normalize else total
 
 
-def rr(z: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+def rr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """RR: the Hölder bound ``‖Z‖_F²/(‖Z‖₁‖Z‖_∞)`` on the stable rank (eq. 9); ``/ u``."""
-    blocks, mask, counts = _whole(z, "rr")
-    return _total(_rank_terms(blocks, mask, counts), blocks.shape[2], normalize)
+    x = _samples(z, "rr", channels)
+    return _total(_rank_terms(x, None), x.shape[1], normalize)
 
 
 def cw_cr(
-    z: torch.Tensor, labels: torch.Tensor, n_classes: int, normalize: bool = False
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    normalize: bool = False,
+    *,
+    channels: bool = False,
 ) -> torch.Tensor:
     """cw-CR: CR of each present class's samples, summed; normalized ``/ (C·u(u−1)/2)``."""
-    blocks, mask, counts = _class_blocks(z, labels, n_classes, "cw_cr")
-    terms = _covariance_terms(blocks, mask, counts)
-    return _total(terms, n_classes * _pairs(blocks.shape[2]), normalize)
+    x = _samples(z, "cw_cr", channels)
+    terms = _covariance_terms(x, _onehot(x, labels, n_classes, "cw_cr"))
+    return _total(terms, n_classes * _pairs(x.shape[1]), normalize)
 
 
 def cw_vr(
-    z: torch.Tensor, labels: torch.Tensor, n_classes: int, normalize: bool = False
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    normalize: bool = False,
+    *,
+    channels: bool = False,
 ) -> torch.Tensor:
     """cw-VR: VR of each present class's samples, summed; normalized ``/ (C·u)``."""
-    blocks, mask, counts = _class_blocks(z, labels, n_classes, "cw_vr")
-    return _total(_variance_terms(blocks, mask, counts), n_classes * blocks.shape[2], normalize)
+    x = _samples(z, "cw_vr", channels)
+    terms = _variance_terms(x, _onehot(x, labels, n_classes, "cw_vr"))
+    return _total(terms, n_classes * x.shape[1], normalize)
 
 
 def cw_rr(
-    z: torch.Tensor, labels: torch.Tensor, n_classes: int, normalize: bool = False
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    normalize: bool = False,
+    *,
+    channels: bool = False,
 ) -> torch.Tensor:
     """cw-RR: RR of each present class's samples, summed over classes; normalized ``/ (C·u)``."""
-    blocks, mask, counts = _class_blocks(z, labels, n_classes, "cw_rr")
-    return _total(_rank_terms(blocks, mask, counts), n_classes * blocks.shape[2], normalize)
+    x = _samples(z, "cw_rr", channels)
+    terms = _rank_terms(x, _onehot(x, labels, n_classes, "cw_rr"))
+    return _total(terms, n_classes * x.shape[1], normalize)

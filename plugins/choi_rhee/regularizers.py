@@ -6,11 +6,11 @@
 the last ``nn.ReLU`` before the classifier: the paper regularizes the last hidden layer) and
 adds ``coefficient · Ω(Z)`` to the loss for every tapped layer, ``Z`` the batch's
 activations. A convolutional map ``(N, C, H, W)`` counts its channels as units and its
-positions as samples (``(N·H·W, C)``, as batch norm does; the paper only regularizes fully
-connected layers), unless ``conv_units="flatten"`` makes each ``C·H·W`` entry a unit (the
-covariance then has ``(C·H·W)²`` entries: memory grows fast). The penalty is
-emitted as ``penalty.<plugin>`` (``penalty.<plugin>.<capture>`` when ``layers`` selects
-several).
+positions as samples (``(N·H·W, C)``, as batch norm does, read in place: the functions'
+``channels=True``; the paper only regularizes fully connected layers), unless
+``conv_units="flatten"`` makes each ``C·H·W`` entry a unit (the covariance then has
+``(C·H·W)²`` entries: memory grows fast). The penalty is emitted as ``penalty.<plugin>``
+(``penalty.<plugin>.<capture>`` when ``layers`` selects several).
 
 The class-wise variants use the batch's targets as class labels and need the number of
 classes ``C`` (for the normalization and the label check): the ``n_classes`` option, or by
@@ -21,7 +21,6 @@ add nothing.
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -160,19 +159,14 @@ class _Regularizer(abc.ABC):
                     fix="call session.loss right after model(x), with every tapped layer run",
                 )
             key = self.name if len(names) == 1 else f"{self.name}.{name}"
-            value = self.penalty(*self._units(z, targets), outputs)
+            value = self.penalty(z, targets, outputs)
             penalties.append(Penalty(key, value, self.config.coefficient))
         return penalties
 
-    def _units(self, z: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Any]:
-        """``(z, targets)`` with a map's channels as units and positions as samples."""
-        if z.ndim < 3 or self.config.conv_units == "flatten":
-            return z, targets
-        positions = math.prod(z.shape[2:])
-        z = z.movedim(1, -1).reshape(-1, z.shape[1])
-        if isinstance(targets, torch.Tensor):
-            targets = targets.reshape(-1).repeat_interleave(positions)
-        return z, targets
+    @property
+    def channels(self) -> bool:
+        """Whether a map's channels are the units (the functions' ``channels`` argument)."""
+        return self.config.conv_units == "channels"
 
     @abc.abstractmethod
     def penalty(self, z: torch.Tensor, targets: Any, outputs: Any) -> torch.Tensor:
@@ -186,7 +180,7 @@ class _Whole(_Regularizer):
 
     def penalty(self, z: torch.Tensor, targets: Any, outputs: Any) -> torch.Tensor:
         """``function(z, normalize)`` on the batch."""
-        return type(self).function(z, normalize=self.config.normalize)
+        return type(self).function(z, normalize=self.config.normalize, channels=self.channels)
 
 
 class _ClassWise(_Regularizer):
@@ -218,7 +212,8 @@ class _ClassWise(_Regularizer):
                 fix="pass the labels of the batch to session.loss",
             )
         n = self.n_classes(outputs)
-        return type(self).function(z, targets, n, normalize=self.config.normalize)
+        normalize = self.config.normalize
+        return type(self).function(z, targets, n, normalize=normalize, channels=self.channels)
 
 
 class CR(_Whole):
@@ -250,7 +245,8 @@ class L1R(_Regularizer):
 
     def penalty(self, z: torch.Tensor, targets: Any, outputs: Any) -> torch.Tensor:
         """:func:`l1r` with the ``normalize`` and ``reduction`` options."""
-        return l1r(z, normalize=self.config.normalize, reduction=self.config.reduction)
+        config = self.config
+        return l1r(z, config.normalize, config.reduction, channels=self.channels)
 
 
 class CwCR(_ClassWise):

@@ -371,3 +371,71 @@ def test_cr_with_fewer_samples_than_units_equals_the_covariance_sum(shape):
         for c in (0, 1)
     )
     assert choi_rhee.cw_cr(z, labels, 2).item() == pytest.approx(by_class, rel=1e-9)
+
+
+# ------------------------------------------------------------------ fast paths vs direct formulas
+def _direct(name: str, rows: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The penalty written out per class on ``(M, u)`` rows with plain autograd ops."""
+    groups = [rows] if labels is None else [rows[labels == k] for k in labels.unique()]
+    total = rows.new_zeros(())
+    for g in groups:
+        centered = g - g.mean(0)
+        if name.endswith("cr"):
+            cov = centered.T @ centered / len(g)
+            total = total + torch.triu(cov, diagonal=1).square().sum()
+        elif name.endswith("vr"):
+            total = total + centered.square().sum() / len(g)
+        else:
+            bound = g.abs().sum(0).max() * g.abs().sum(1).max()
+            total = total + (g.square().sum() / bound if bound > 0 else 0.0 * g.sum())
+    return total
+
+
+def _maps(shape, integer: bool) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(*shape, generator=gen, dtype=torch.float64).relu()
+    return z.mul(3).round() if integer else z  # small integers: tied maxima and zeros
+
+
+@pytest.mark.parametrize("name", ["cr", "vr", "rr", "cw_cr", "cw_vr", "cw_rr"])
+@pytest.mark.parametrize(
+    "shape",
+    [(6, 9), (30, 4), (7, 3, 4, 4), (5, 6, 2, 1)],
+    ids=["gram", "covariance", "map", "map-wide"],
+)
+@pytest.mark.parametrize("integer", [False, True], ids=["real", "ties"])
+def test_fast_paths_match_direct_formulas_in_value_and_gradient(name, shape, integer):
+    """Every branch (``N×N`` Gram, ``u×u`` covariance, per-map products with channels as units,
+    the flattened fallback with more channels than positions), with an absent class and a
+    one-sample class, against :func:`_direct` on the ``(N·H·W, C)`` rows; float64, 1e-10."""
+    z = _maps(shape, integer).requires_grad_()
+    n = shape[0]
+    labels = torch.tensor([0, 2, 0, 3, 2, 0, 3][:n] + [0] * max(n - 7, 0))[:n]
+    labels[n - 1] = 1  # class 1 has one sample; class 4 of 5 is absent
+    channels = len(shape) > 2
+    rows = z.movedim(1, -1).reshape(-1, shape[1]) if channels else z
+    row_labels = labels.repeat_interleave(rows.shape[0] // n)
+    f = getattr(choi_rhee, name)
+    classwise = name.startswith("cw")
+    got = f(z, labels, 5, channels=channels) if classwise else f(z, channels=channels)
+    want = _direct(name, rows, row_labels if classwise else None)
+    (grad_got,) = torch.autograd.grad(got, z)
+    (grad_want,) = torch.autograd.grad(want, z)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_l1r_with_channels_counts_positions_as_samples(reduction):
+    z = _maps((4, 3, 2, 5), integer=False)
+    rows = z.movedim(1, -1).reshape(-1, 3)
+    got = l1r(z, normalize=True, reduction=reduction, channels=True)
+    want = rows.abs().sum() / (40 if reduction == "mean" else 1) / 3
+    assert got.item() == pytest.approx(want.item(), rel=TIGHT)
+
+
+def test_closed_form_backwards_refuse_a_second_derivative():
+    z = _maps((6, 4), integer=False).requires_grad_()
+    (grad,) = torch.autograd.grad(vr(z), z, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"does not require grad|once_differentiable"):
+        grad.sum().backward()
