@@ -60,14 +60,42 @@ def select_weights(
     return list(chosen.values())
 
 
+class _L1(torch.autograd.Function):
+    """``Σ_w |w|`` with the gradient ``sign(w)``: one pass per parameter each way."""
+
+    @staticmethod
+    def forward(ctx, *params):
+        ctx.save_for_backward(*params)
+        return torch.stack([p.abs().sum() for p in params]).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        signs = torch._foreach_sign(ctx.saved_tensors)
+        torch._foreach_mul_(signs, grad)
+        return tuple(signs)
+
+
+class _L2(torch.autograd.Function):
+    """``Σ_w w²`` with the gradient ``2w``: one pass per parameter each way."""
+
+    @staticmethod
+    def forward(ctx, *params):
+        ctx.save_for_backward(*params)
+        return torch.stack([torch.dot(p.reshape(-1), p.reshape(-1)) for p in params]).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return tuple(torch._foreach_mul(ctx.saved_tensors, 2 * grad))
+
+
 def l1_weights(params: list[torch.Tensor]) -> torch.Tensor:
-    """``Σ_w |w|`` over ``params``."""
-    return torch.stack([torch.linalg.vector_norm(p, 1) for p in params]).sum()
+    """``Σ_w |w|`` over ``params`` (gradient ``sign(w)``, 0 at 0)."""
+    return _L1.apply(*params)
 
 
 def l2_weights(params: list[torch.Tensor]) -> torch.Tensor:
-    """``Σ_w w²`` over ``params`` (the squared L2 norm, no ½)."""
-    return torch.stack([torch.linalg.vector_norm(p) for p in params]).square().sum()
+    """``Σ_w w²`` over ``params`` (the squared L2 norm, no ½; gradient ``2w``)."""
+    return _L2.apply(*params)
 
 
 @attrs.frozen(kw_only=True)

@@ -100,3 +100,23 @@ def test_plugin_conforms(name):
     PluginTester(
         name, options={"modules": ["fc*"], "biases": True, "coefficient": 1e-3}
     ).check_all()
+
+
+@pytest.mark.parametrize(
+    ("function", "direct"),
+    [
+        (l1_weights, lambda ps: sum(p.abs().sum() for p in ps)),
+        (l2_weights, lambda ps: sum(p.square().sum() for p in ps)),
+    ],
+)
+def test_fused_penalties_match_the_direct_sum_in_value_and_gradient(function, direct):
+    """Seeded random weights, with zeros; the upstream weight 0.3 scales the gradient."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(*s, generator=gen, dtype=torch.float64).round() for s in [(4, 3), (5,)]]
+    params = [p.requires_grad_() for p in params]
+    got, want = function(params), direct(params)
+    assert got.item() == pytest.approx(want.item(), rel=TIGHT)
+    for g, w in zip(
+        torch.autograd.grad(0.3 * got, params), torch.autograd.grad(0.3 * want, params), strict=True
+    ):
+        torch.testing.assert_close(g, w, rtol=TIGHT, atol=TIGHT)
