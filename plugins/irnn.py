@@ -105,11 +105,12 @@ def _checked_targets(targets: torch.Tensor, n_classes: int, n: int) -> torch.Ten
             got=f"{targets.shape[0]} labels",
             fix="pass the labels of the same batch",
         )
-    if n and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
+    low, high = torch.stack(torch.aminmax(targets)).tolist() if n else (0, 0)
+    if low < 0 or high >= n_classes:
         raise ConfigError(
             "irnn: a label is out of range",
             expected=f"labels in [0, {n_classes - 1}] (one row of W per class)",
-            got=f"labels in [{int(targets.min())}, {int(targets.max())}]",
+            got=f"labels in [{low}, {high}]",
             fix="check the data set's number of classes against the classifier's outputs",
         )
     return targets.long()
