@@ -53,6 +53,7 @@ from infoshape.store_layout import (
     check_codec,
     chunk_rows,
     metric_dims,
+    shrink,
     tap_dims,
 )
 from infoshape.store_read import committed_length, open_store
@@ -418,13 +419,11 @@ class RunStore:
             if self._stream is None:
                 self._stream = self._create_stream(arrays, budgets)
             width = self._stream.variables["label"].shape[1]
-            batch = next(iter(arrays.values())).shape[0]
             fitted = {k: _fit(v, width, np.nan) for k, v in arrays.items()}
-            fill = np.full(batch, -1, dtype=np.int64)
-            fitted["label"] = _fit(label_array if label_array is not None else fill, width, -1)
-            fitted["sample_index"] = _fit(
-                index_array if index_array is not None else fill, width, -1
-            )
+            # labels or indices not given stay at the fill value -1: nothing is written
+            for name, values in (("label", label_array), ("sample_index", index_array)):
+                if values is not None:
+                    fitted[name] = _fit(values, width, -1)
             self._stream_rows.append((step, fitted))
             if len(self._stream_rows) >= self._stream_block:
                 self._flush_stream()
@@ -708,8 +707,8 @@ def _reopen_appender(group: zarr.Group, dim: str, below: int) -> Appender:
             end = min(array.shape[0], -(-keep // rows) * rows)
             if end > keep:
                 array[keep:end] = array.fill_value
-            array.resize((keep, *array.shape[1:]))
-        coord.resize((keep,))
+        shrink(list(appender.variables.values()), keep)
+        shrink([coord], keep)
     appender.length = appender.capacity = keep
     return appender
 

@@ -6,16 +6,18 @@ Shared by the writer (:mod:`infoshape.store`) and the reader
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from infoshape.errors import StoreError
@@ -25,6 +27,7 @@ __all__ = [
     "CODECS",
     "DEFAULT_CODEC",
     "GROUPS",
+    "INITIAL_CAPACITY",
     "INPUT",
     "NOT_COMMITTED",
     "STREAM_CHUNK_BYTES",
@@ -32,6 +35,7 @@ __all__ = [
     "check_codec",
     "chunk_rows",
     "metric_dims",
+    "shrink",
     "tap_dims",
 ]
 
@@ -46,6 +50,13 @@ INPUT = "input"
 """Name of the probe group's variable holding the probe inputs X, dims ``(sample, input_*)``."""
 NOT_COMMITTED = -1
 """Fill value of the ``epoch``/``step`` coordinate: a row holding it is not committed."""
+
+INITIAL_CAPACITY = {"epoch": 8, "step": 1024}
+"""Length along ``epoch``/``step`` that an :class:`Appender` creates its arrays with. Rows
+past the committed ones cost only metadata (chunks of fill values are never written) and
+readers drop them (their coordinate is :data:`NOT_COMMITTED`); :meth:`Appender.trim` cuts
+them at close. So the first 1024 steps and 8 epochs resize nothing: each resize rewrites
+every array's metadata."""
 
 CHUNK_BYTES = 4 * 2**20
 """Target uncompressed chunk size."""
@@ -196,6 +207,46 @@ def _whole_chunk(array: zarr.Array, start: int, n: int) -> bool:
     )
 
 
+def _resize(arrays: Iterable[zarr.Array], length: int) -> None:
+    """Set the first dim of every array to ``length``, all in one trip through zarr's I/O loop.
+
+    Only the metadata changes: chunks past a shrunk length stay (zarr would list every
+    chunk key of the old shape to delete them), so shrink only past rows never written.
+    """
+
+    async def resize_all() -> None:
+        await asyncio.gather(
+            *(
+                array.async_array.resize((length, *array.shape[1:]), delete_outside_chunks=False)
+                for array in arrays
+            )
+        )
+
+    sync(resize_all())
+
+
+def shrink(arrays: Sequence[zarr.Array], length: int) -> None:
+    """Cut the first dim of every array to ``length`` and delete the chunks past it.
+
+    In a local store only the chunk files that exist are deleted (zarr's own resize
+    would try every chunk key of the old shape: thousands for a store created
+    :data:`INITIAL_CAPACITY` rows long). The chunk holding row ``length`` stays.
+    """
+    for array in arrays:
+        first = -(-length // array.chunks[0])  # the first chunk wholly past the new length
+        flat = array.metadata.encode_chunk_key((0,) * array.ndim) == ".".join(
+            ["c"] + ["0"] * array.ndim
+        )
+        if not (isinstance(array.store, LocalStore) and flat):  # zarr deletes them
+            array.resize((length, *array.shape[1:]))
+            continue
+        for entry in os.scandir(Path(array.store.root) / array.path):  # "c.<row chunk>.0..."
+            parts = entry.name.split(".")
+            if parts[0] == "c" and len(parts) > 1 and parts[1].isdigit() and int(parts[1]) >= first:
+                os.unlink(entry.path)
+    _resize(arrays, length)
+
+
 def _fill_for(dtype: np.dtype) -> Any:
     kind = np.dtype(dtype).kind
     if kind == "f":
@@ -210,7 +261,8 @@ class Appender:
 
     The coordinate array named after the dim is written last in every append:
     rows whose coordinate is still :data:`NOT_COMMITTED` were not finished.
-    Capacity grows geometrically, so metadata is rewritten rarely.
+    Arrays are created :data:`INITIAL_CAPACITY` rows long and their capacity
+    doubles, so metadata is rewritten rarely.
 
     Args:
         group: the zarr group holding the variables.
@@ -236,6 +288,7 @@ class Appender:
 
     def _ensure_coord(self) -> zarr.Array:
         if self.coord is None:
+            self.capacity = max(self.capacity, INITIAL_CAPACITY[self.dim])
             self.coord = self.group.create_array(
                 self.dim,
                 shape=(self.capacity,),
@@ -284,10 +337,9 @@ class Appender:
     def _grow(self, needed: int) -> None:
         if needed <= self.capacity:
             return
-        capacity = max(needed, 2 * self.capacity, 8)
-        for array in self.variables.values():  # data first, the coordinate last
-            array.resize((capacity, *array.shape[1:]))
-        self._ensure_coord().resize((capacity,))
+        capacity = max(needed, 2 * self.capacity, INITIAL_CAPACITY[self.dim])
+        _resize(self.variables.values(), capacity)  # data first, the coordinate last
+        _resize([self._ensure_coord()], capacity)
         self.capacity = capacity
 
     def append(self, index: int, values: Mapping[str, np.ndarray]) -> None:
@@ -381,7 +433,8 @@ class Appender:
         """Shrink every array to the committed length (at close)."""
         if self.coord is None or self.capacity == self.length:
             return
-        for array in self.variables.values():
-            array.resize((self.length, *array.shape[1:]))
-        self.coord.resize((self.length,))
+        # rows past the committed ones were never written (a failed write stops the writer
+        # before close trims), so no chunk lies past the new length
+        _resize(self.variables.values(), self.length)
+        _resize([self.coord], self.length)
         self.capacity = self.length

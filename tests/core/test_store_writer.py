@@ -71,21 +71,60 @@ def test_stream_chunks_are_aligned_and_written_whole(tmp_path, monkeypatch):
     group = zarr.open_group(str(tmp_path / "r.zarr" / "stream"))
     assert group["t"].chunks[0] == group["label"].chunks[0] == group["sample_index"].chunks[0]
     assert group["t"].chunks == (256, 6, 5)
-    for name, extra in (("t", (0, 0)), ("label", (0,)), ("sample_index", (0,))):
+    for name, extra in (("t", (0, 0)), ("label", (0,))):
         # two whole chunks written directly, in place; the last 88 rows go through zarr
         assert [w for w in whole if w[0] == name] == [
             (name, (0, *extra), 256, False),
             (name, (1, *extra), 256, False),
         ]
+    # no indices were given: sample_index stays at its fill value -1, with no chunk written
+    assert [w for w in whole if w[0] == "sample_index"] == []
     # the coordinate's one chunk file is created once (atomically); later commits only
     # write their own values into it
     assert [w for w in whole if w[0] == "step"] == [("step", (0,), 1024, True)]
     stream = infoshape.open_store(tmp_path / "r.zarr")["stream"].to_dataset()
     assert list(stream["step"].values) == list(range(600))
     np.testing.assert_array_equal(stream["t"].values, expected)
+    np.testing.assert_array_equal(stream["sample_index"].values, np.full((600, 6), -1))
+    assert [p.name for p in (tmp_path / "r.zarr" / "stream" / "sample_index").iterdir()] == [
+        "zarr.json"
+    ]
     # chunk files are flat in the array's folder ("c.1.0.0"), one per chunk
     files = sorted(p.name for p in (tmp_path / "r.zarr" / "stream" / "t").iterdir())
     assert files == ["c.0.0.0", "c.1.0.0", "c.2.0.0", "zarr.json"]
+
+
+def test_arrays_start_long_grow_data_first_and_are_trimmed_at_close(tmp_path, monkeypatch):
+    # the step dim is created 1024 rows long (INITIAL_CAPACITY): the first 1024 steps
+    # resize nothing; step 1024 doubles every array, the data arrays before the step
+    # coordinate (a kill in between leaves no committed row without its data); an
+    # unclosed store shows only the committed rows, and close() cuts the arrays to them
+    resized: list[tuple[list[str], int]] = []
+    original = store_layout._resize
+
+    def spy(arrays, length):
+        arrays = list(arrays)
+        resized.append((sorted(a.basename for a in arrays), length))
+        return original(arrays, length)
+
+    monkeypatch.setattr(store_layout, "_resize", spy)
+    assert store_layout.INITIAL_CAPACITY["step"] == 1024
+    store = RunStore(tmp_path / "r.zarr", manifest={})
+    expected = _stream(store, steps=1030)  # blocks of 256 rows, then the last 6 at flush
+    store.flush()
+    data = ["label", "sample_index", "t"]
+    assert resized == [(data, 2048), (["step"], 2048)]  # once, for rows 1024..1029
+    group = zarr.open_group(str(tmp_path / "r.zarr" / "stream"), use_consolidated=False)
+    assert [group[name].shape[0] for name in [*data, "step"]] == [2048] * 4
+    stream = infoshape.open_store(tmp_path / "r.zarr")["stream"].to_dataset()
+    np.testing.assert_array_equal(stream["step"].values, np.arange(1030))
+    np.testing.assert_array_equal(stream["t"].values, expected)
+    store.close()
+    assert resized[2:] == [(data, 1030), (["step"], 1030)]
+    group = zarr.open_group(str(tmp_path / "r.zarr" / "stream"))
+    assert [group[name].shape[0] for name in [*data, "step"]] == [1030] * 4
+    files = sorted(p.name for p in (tmp_path / "r.zarr" / "stream" / "t").iterdir())
+    assert files == [f"c.{i}.0.0" for i in range(5)] + ["zarr.json"]
 
 
 def test_full_queue_applies_back_pressure_and_warns_once(tmp_path, caplog):
@@ -160,3 +199,26 @@ def test_streamed_capture_changed_in_place_is_an_error_unless_copied(tmp_path):
                 store.close()
             assert "'t' was changed in place after its step ended" in str(info.value)
             assert "copy_streams" in str(info.value)
+
+
+@pytest.mark.parametrize("separator", [".", "/"])
+def test_shrink_deletes_the_chunks_past_the_cut_and_keeps_the_rest(tmp_path, separator):
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w")
+    array = group.create_array(
+        "a",
+        shape=(10, 3),
+        chunks=(2, 3),
+        dtype="f4",
+        fill_value=np.nan,
+        chunk_key_encoding={"name": "default", "separator": separator},
+    )
+    array[:] = np.arange(30, dtype="f4").reshape(10, 3)
+    store_layout.shrink([array], 5)  # chunk 2 (rows 4, 5) holds the last kept row: it stays
+    folder = tmp_path / "s.zarr" / "a"
+    chunks = [p for p in folder.rglob("*") if p.is_file() and p.name != "zarr.json"]
+    files = sorted(p.relative_to(folder).as_posix() for p in chunks)
+    assert files == [f"c{separator}{k}{separator}0" for k in range(3)]
+    assert array.shape == (5, 3)
+    array.resize((10, 3))  # grown again: the rows of deleted chunks read as the fill value
+    np.testing.assert_array_equal(array[:5], np.arange(15, dtype="f4").reshape(5, 3))
+    assert np.isnan(array[6:]).all()
