@@ -18,11 +18,15 @@ few tenths of a second on a busy machine, which a long run pays once.
 Codecs: ``none``; ``lz4`` = Blosc-LZ4 level 5 with byte shuffle; ``zstd`` = zstd level 0
 (zarr's default). The machine is shared, so every repeat runs every method once, in a
 rotated order, each after an untimed ``os.sync()`` (so none pays for the previous one's
-dirty pages; times are to the page cache, as a training run sees them); the ratio is the
-median over repeats of (method MB/s / numpy.save MB/s of that repeat), with its min-max.
+dirty pages; times are to the page cache, as a training run sees them) and an untimed
+warm-up run of the same method (``--warmup``): on this VM the first few hundred MiB
+written after another method ran go to the page cache 2-5x slower, for ``numpy.save``
+and the writer alike, and a long training run streams in the steady state. The ratio is
+the median over repeats of (method MB/s / numpy.save MB/s of that repeat), with its
+min-max.
 
 Usage: python benchmarks/store.py [--batches 64] [--rows 256] [--width 4096] [--repeats 5]
-       [--codecs none lz4 zstd] [--dir FOLDER] [--out benchmarks/results/store.json]
+       [--warmup 1] [--codecs none lz4 zstd] [--dir FOLDER] [--out benchmarks/results/store.json]
 """
 
 from __future__ import annotations
@@ -100,6 +104,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs of a method before each timed one"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="folder on the disk to test")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/store.json"))
     args = parser.parse_args()
@@ -119,19 +126,21 @@ def main() -> None:
     for repeat in range(args.repeats):  # interleaved: every method once per repeat
         for key in keys[repeat % len(keys) :] + keys[: repeat % len(keys)]:  # rotated order
             bench = methods[key]
-            os.sync()  # untimed: no method pays for the previous one's dirty pages
-            folder = Path(tempfile.mkdtemp(dir=args.dir))
-            try:
-                result = bench(batches, folder, key[1])
-                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            finally:
-                shutil.rmtree(folder)
+            for _ in range(args.warmup + 1):  # the warm-up runs, then the timed one (kept)
+                os.sync()  # untimed: no method pays for the previous one's dirty pages
+                folder = Path(tempfile.mkdtemp(dir=args.dir))
+                try:
+                    result = bench(batches, folder, key[1])
+                    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                finally:
+                    shutil.rmtree(folder)
             runs[key].append({**result, "disk_mb": size / 2**20})
     reference = [megabytes / r["seconds"] for r in runs[("numpy.save", "none")]]
     rows = []
     print(
         f"{megabytes:.0f} MiB in {args.batches} batches of {args.rows}x{args.width} float32, "
-        f"{args.repeats} interleaved repeats; ratio = median of per-repeat MB/s / numpy.save"
+        f"{args.repeats} interleaved repeats after {args.warmup} warm-up run(s) each; ratio = "
+        "median of per-repeat MB/s / numpy.save"
     )
     print(
         f"{'method':<13}{'codec':<7}{'MB/s':>8}{'ratio':>8}{'min-max':>12}{'with open/close':>17}"
@@ -171,6 +180,7 @@ def main() -> None:
                 "batches": args.batches,
                 "batch_shape": [args.rows, args.width],
                 "repeats": args.repeats,
+                "warmup": args.warmup,
                 "goal": "infoshape none >= 0.80 x numpy.save",
                 "machine": {
                     "platform": platform.platform(),
