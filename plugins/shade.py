@@ -149,8 +149,10 @@ class _Omega(torch.autograd.Function):
         d = y - mu0.view(shape)
         # q = p(Z=0|y): exp(−ReLU(y)), or 1 − sigmoid(y)
         q = torch.relu(y).neg_().exp_() if p_z == "exp" else torch.sigmoid(y).neg_().add_(1.0)
-        sum_d, sum_dd = d.sum(dims), (d * d).sum(dims)  # per unit
-        sum_p, sum_pd = n - q.sum(dims), sum_d - (q * d).sum(dims)
+        product = torch.mul(q, d)  # one buffer for both products
+        sum_p, sum_qd = n - q.sum(dims), product.sum(dims)
+        sum_d, sum_dd = d.sum(dims), torch.mul(d, d, out=product).sum(dims)  # per unit
+        sum_pd = sum_d - sum_qd
         omega = (sum_dd + c * (2.0 * sum_pd + c * sum_p)).sum() / n
         # Algorithm 1's batch means: p(Z=1), p(Z=1)·y and y
         means = torch.stack((sum_p, sum_pd + mu0 * sum_p, sum_d + n * mu0)) / n
@@ -169,7 +171,7 @@ class _Omega(torch.autograd.Function):
         c = c.view(ctx.shape)
         if ctx.p_z == "exp":  # c 1(y > 0)(2 + q(2d + c − 2))
             g = torch.add(c - 2.0, d, alpha=2.0).mul_(q).add_(2.0)
-            g = torch.ops.aten.threshold_backward(g, y, 0.0)  # ReLU's backward kernel
+            torch.ops.aten.threshold_backward(g, y, 0.0, grad_input=g)  # ReLU's backward kernel
         else:  # c p (2 + q(2d + c)) with p = 1 − q
             g = torch.add(c, d, alpha=2.0).mul_(q).add_(2.0)
             g.addcmul_(g, q, value=-1.0)
