@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -305,6 +306,6 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     sum (which finite values can also give, by overflow) is checked value by value.
     """
     wide = torch.float32 if tensor.element_size() < 4 else tensor.dtype
-    if bool(torch.isfinite(tensor.detach().sum(dtype=wide))):
+    if math.isfinite(tensor.detach().sum(dtype=wide).item()):
         return True
     return bool(torch.isfinite(tensor).all())

@@ -388,7 +388,7 @@ class Session:
                 )
                 self._pending[f"penalty.{penalty.name}"] = value.detach().reshape(())
         total = base + sum(term for _, _, term in terms) if terms else base
-        if self.on_nonfinite != "ignore" and not bool(torch.isfinite(total)):  # one sync
+        if self.on_nonfinite != "ignore" and not math.isfinite(total.detach().item()):  # one sync
             total = self._nonfinite_loss(base, terms)
         self._pending["loss"] = total.detach()
         self._last = (captures, outputs, targets, index)
