@@ -67,7 +67,11 @@ def _samples(z: torch.Tensor, who: str, channels: bool = False) -> torch.Tensor:
 
 
 def _onehot(x: torch.Tensor, labels, n_classes: int, who: str) -> torch.Tensor:
-    """The labels of ``x``'s ``N`` samples as a one-hot ``(N, n_classes)`` float matrix."""
+    """The labels of ``x``'s ``N`` samples as a one-hot ``(N, K)`` float matrix.
+
+    Columns are the ``K ≤ min(N, n_classes)`` classes present in the batch (absent classes
+    add nothing to any penalty), so per-class tensors stay as small as the batch.
+    """
     labels = paired_labels(x, labels, who)
     if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 1:
         raise ConfigError(
@@ -85,8 +89,8 @@ def _onehot(x: torch.Tensor, labels, n_classes: int, who: str) -> torch.Tensor:
             got=f"{labels.dtype} labels in [{labels.min().item()}, {labels.max().item()}]",
             fix="pass the batch's integer class labels and the number of classes",
         )
-    classes = torch.arange(n_classes, device=x.device)
-    return (labels[:, None] == classes).to(x.dtype)
+    onehot = labels[:, None] == torch.arange(n_classes, device=x.device)
+    return onehot[:, onehot.any(0)].to(x.dtype)
 
 
 def _counts(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
@@ -262,9 +266,10 @@ def _covariance_terms(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Ten
         return _GramCovariance.apply(rows, onehot, counts)
     counts = counts.clamp_min(1)  # each group's covariance: exact off-diagonal sum
     centered = rows - _per_sample(_by_group(rows, onehot) / counts[:, None], onehot, len(rows))
-    masked = centered if onehot is None else onehot.mT[:, :, None] * centered
-    cov = masked.mT @ centered / counts[:, None, None]
-    return torch.triu(cov, diagonal=1).square().sum((1, 2))
+    # one class at a time: memory of the rows, not of classes × rows
+    groups = [centered] if onehot is None else [centered[column > 0] for column in onehot.mT]
+    sums = torch.stack([torch.triu(g.mT @ g, diagonal=1).square().sum() for g in groups])
+    return sums / counts.square()  # C_k = Σ_{n∈k} c_n c_nᵀ / n_k
 
 
 def _variance_terms(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
