@@ -95,8 +95,9 @@ def _onehot(x: torch.Tensor, labels, n_classes: int, who: str) -> torch.Tensor:
 
 def _counts(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
     """Samples per group ``M_k`` (``n_k·P``): ``(K,)``, ``K = 1`` for the whole batch."""
-    n = x.new_full((1,), x.shape[0]) if onehot is None else onehot.sum(0)
-    return n * x.shape[2]
+    if onehot is None:
+        return x.new_full((1,), x.shape[0] * x.shape[2])
+    return onehot.sum(0) if x.shape[2] == 1 else onehot.sum(0) * x.shape[2]
 
 
 def _by_group(per_sample: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
@@ -115,8 +116,11 @@ def _per_sample(per_group: torch.Tensor, onehot: torch.Tensor | None, n: int) ->
 
 def _centered(x: torch.Tensor, onehot: torch.Tensor | None, counts: torch.Tensor):
     """``x`` minus its group's mean (eq. 11), computed without autograd."""
-    means = _by_group(x.sum(2), onehot) / counts.clamp_min(1)[:, None]
-    return x - _per_sample(means, onehot, len(x))[:, :, None]
+    if onehot is None:
+        return x - x.mean((0, 2), keepdim=True)
+    sums = x[:, :, 0] if x.shape[2] == 1 else x.sum(2)
+    means = (onehot.mT @ sums) / counts.clamp_min(1)[:, None]
+    return x - (onehot @ means)[:, :, None]
 
 
 def _sample_norms(x: torch.Tensor) -> torch.Tensor:
@@ -127,23 +131,27 @@ def _sample_norms(x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------ autograd functions
 class _GroupVariance(torch.autograd.Function):
-    """``V_k = Σ_{n∈k} ‖x_n − μ_k‖² / M_k``: each group's summed population variance.
+    """``Σ_k V_k``, ``V_k = Σ_{n∈k} ‖x_n − μ_k‖² / M_k``: the groups' population variances.
 
-    Backward: ``∂V_k/∂x_n = 2(x_n − μ_k)/M_k``, one pass (the mean's term sums to zero).
+    One weighted dot product (``w_n = 1/M_k`` of the sample's group); backward
+    ``∂/∂x_n = 2 w_n (x_n − μ_k)``, the saved weighted deviations (the mean's term sums to
+    zero).
     """
 
     @staticmethod
     def forward(ctx, x, onehot, counts):
         centered = _centered(x, onehot, counts)
-        ctx.save_for_backward(centered, onehot, counts)
-        return _by_group(_sample_norms(centered), onehot) / counts.clamp_min(1)
+        inverse = 1 / counts.clamp_min(1)
+        weights = inverse if onehot is None else onehot @ inverse
+        weighted = centered * weights[:, None, None]
+        ctx.save_for_backward(weighted)
+        return torch.dot(centered.reshape(-1), weighted.reshape(-1))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        centered, onehot, counts = ctx.saved_tensors
-        weight = _per_sample(2 * grad / counts.clamp_min(1), onehot, len(centered))
-        return centered * weight[:, None, None], None, None
+        (weighted,) = ctx.saved_tensors
+        return weighted * (2 * grad), None, None
 
 
 class _GroupCovariance(torch.autograd.Function):
@@ -201,40 +209,39 @@ class _AbsoluteSums(torch.autograd.Function):
 
 
 class _GramCovariance(torch.autograd.Function):
-    """``Σ_{i<j} c_ij²`` per group of rows ``(m, u)`` from the ``m × m`` Gram matrix: ``(K,)``.
+    """``Σ_k Σ_{i<j} c_ij²`` over the groups of rows ``(m, u)``, from the ``m × m`` Gram matrix.
 
-    With ``A = Z_c Z_cᵀ`` (rows centred per group) and ``v_k`` the group's variances,
-    ``Ω_k = ½(Σ_{a,b∈k} A_ab²/n_k² − ‖v_k‖²)``; backward ``∂Ω_k/∂z_a = (2/n_k)(Σ_{b∈k}
-    A_ab z_c^b / n_k − v_k ⊙ z_c^a)``: one ``m × m × u`` product each way (the mean's term
-    sums to zero).
+    With ``A = Z_c Z_cᵀ`` (rows centred per group), ``W_ab = 1/n_k²`` for ``a, b`` of the
+    same group ``k`` (else 0) and ``v_k`` the group's variances, the sum is
+    ``½(Σ_ab W_ab A_ab² − Σ_k ‖v_k‖²)``; backward ``∂/∂z_a = 2(Σ_b W_ab A_ab z_c^b −
+    v_k ⊙ z_c^a / n_k)``: one ``m × m × u`` product each way (the mean's term sums to zero).
     """
 
     @staticmethod
     def forward(ctx, rows, onehot, counts):
         centered = _centered(rows[:, :, None], onehot, counts)[:, :, 0]
         counts = counts.clamp_min(1)
-        gram = centered @ centered.mT
         variances = _by_group(centered.square(), onehot) / counts[:, None]
         if onehot is None:
-            frobenius = gram.square().sum()[None] / counts.square()
+            same_group = 1 / counts.square()  # (1,): every pair
         else:
             scaled = onehot / counts
-            frobenius = ((scaled.mT @ gram.square()) * scaled.mT).sum(1)
-        terms = (frobenius - variances.square().sum(1)) / 2
-        ctx.save_for_backward(centered, onehot, counts, gram, variances, terms >= 0)
-        return terms.clamp_min(0.0)
+            same_group = scaled @ scaled.mT
+        gram = centered @ centered.mT
+        weighted = gram * same_group  # W ⊙ A
+        frobenius = torch.dot(weighted.reshape(-1), gram.reshape(-1))
+        total = (frobenius - torch.dot(variances.reshape(-1), variances.reshape(-1))) / 2
+        shrink = variances / counts[:, None]
+        shrink = shrink if onehot is None else onehot @ shrink
+        ctx.save_for_backward(centered, weighted, shrink, total >= 0)
+        return total.clamp_min(0.0)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        centered, onehot, counts, gram, variances, kept = ctx.saved_tensors
-        grad = grad * kept / counts
-        if onehot is None:
-            pairs = gram * (grad / counts)
-        else:
-            pairs = gram * ((onehot * (grad / counts)) @ onehot.mT)
-        shrink = _per_sample(variances * grad[:, None], onehot, len(centered))
-        return 2 * (pairs @ centered - shrink * centered), None, None
+        centered, weighted, shrink, kept = ctx.saved_tensors
+        pulled = torch.addcmul(weighted @ centered, shrink, centered, value=-1)
+        return pulled.mul_(2 * grad * kept), None, None
 
 
 # ------------------------------------------------------------------ per-group terms
@@ -247,8 +254,8 @@ def _flat_rows(x: torch.Tensor, onehot: torch.Tensor | None):
     return rows, onehot
 
 
-def _covariance_terms(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
-    """``Σ_{i<j} c_ij²`` of each group's biased covariance (eq. 12): ``(K,)``.
+def _covariance_total(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+    """``Σ_k Σ_{i<j} c_ij²`` over the groups' biased covariances (eq. 12): a scalar.
 
     Maps with no more channels than positions use :class:`_GroupCovariance` (per-sample
     ``u × u`` products, no copy of the map). Otherwise the rows ``(N·P, u)`` are centred
@@ -259,7 +266,7 @@ def _covariance_terms(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Ten
     u = x.shape[1]
     if x.shape[2] > 1 and u <= x.shape[2]:
         cov = _GroupCovariance.apply(x, onehot, _counts(x, onehot))
-        return torch.triu(cov, diagonal=1).square().sum((1, 2))
+        return torch.triu(cov, diagonal=1).square().sum()
     rows, onehot = _flat_rows(x, onehot)
     counts = _counts(rows[:, :, None], onehot)
     if len(rows) < u:
@@ -269,11 +276,11 @@ def _covariance_terms(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Ten
     # one class at a time: memory of the rows, not of classes × rows
     groups = [centered] if onehot is None else [centered[column > 0] for column in onehot.mT]
     sums = torch.stack([torch.triu(g.mT @ g, diagonal=1).square().sum() for g in groups])
-    return sums / counts.square()  # C_k = Σ_{n∈k} c_n c_nᵀ / n_k
+    return (sums / counts.square()).sum()  # C_k = Σ_{n∈k} c_n c_nᵀ / n_k
 
 
-def _variance_terms(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
-    """``Σ_i v_i`` of each group, population variances (eq. 13): ``(K,)``."""
+def _variance_total(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+    """``Σ_k Σ_i v_i`` over the groups, population variances (eq. 13): a scalar."""
     return _GroupVariance.apply(x, onehot, _counts(x, onehot))
 
 
@@ -292,8 +299,7 @@ def _rank_terms(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
     return frobenius / torch.where(bound > 0, bound, torch.ones_like(bound))
 
 
-def _total(terms: torch.Tensor, count: float, normalize: bool) -> torch.Tensor:
-    total = terms.sum()
+def _total(total: torch.Tensor, count: float, normalize: bool) -> torch.Tensor:
     return total / count if normalize else total
 
 
@@ -305,13 +311,13 @@ def _pairs(u: int) -> int:
 def cr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """CR (DeCov): ``½(‖C‖_F² − ‖diag C‖²)`` of the batch covariance; ``/ (u(u−1)/2)``."""
     x = _samples(z, "cr", channels)
-    return _total(_covariance_terms(x, None), _pairs(x.shape[1]), normalize)
+    return _total(_covariance_total(x, None), _pairs(x.shape[1]), normalize)
 
 
 def vr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """VR: ``Σ_i Var(z_i)``, population variances over the batch; normalized ``/ u``."""
     x = _samples(z, "vr", channels)
-    return _total(_variance_terms(x, None), x.shape[1], normalize)
+    return _total(_variance_total(x, None), x.shape[1], normalize)
 
 
 def l1r(
@@ -338,7 +344,7 @@ def l1r(
 def rr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """RR: the Hölder bound ``‖Z‖_F²/(‖Z‖₁‖Z‖_∞)`` on the stable rank (eq. 9); ``/ u``."""
     x = _samples(z, "rr", channels)
-    return _total(_rank_terms(x, None), x.shape[1], normalize)
+    return _total(_rank_terms(x, None).sum(), x.shape[1], normalize)
 
 
 def cw_cr(
@@ -351,8 +357,8 @@ def cw_cr(
 ) -> torch.Tensor:
     """cw-CR: CR of each present class's samples, summed; normalized ``/ (C·u(u−1)/2)``."""
     x = _samples(z, "cw_cr", channels)
-    terms = _covariance_terms(x, _onehot(x, labels, n_classes, "cw_cr"))
-    return _total(terms, n_classes * _pairs(x.shape[1]), normalize)
+    total = _covariance_total(x, _onehot(x, labels, n_classes, "cw_cr"))
+    return _total(total, n_classes * _pairs(x.shape[1]), normalize)
 
 
 def cw_vr(
@@ -365,8 +371,8 @@ def cw_vr(
 ) -> torch.Tensor:
     """cw-VR: VR of each present class's samples, summed; normalized ``/ (C·u)``."""
     x = _samples(z, "cw_vr", channels)
-    terms = _variance_terms(x, _onehot(x, labels, n_classes, "cw_vr"))
-    return _total(terms, n_classes * x.shape[1], normalize)
+    total = _variance_total(x, _onehot(x, labels, n_classes, "cw_vr"))
+    return _total(total, n_classes * x.shape[1], normalize)
 
 
 def cw_rr(
@@ -380,4 +386,4 @@ def cw_rr(
     """cw-RR: RR of each present class's samples, summed over classes; normalized ``/ (C·u)``."""
     x = _samples(z, "cw_rr", channels)
     terms = _rank_terms(x, _onehot(x, labels, n_classes, "cw_rr"))
-    return _total(terms, n_classes * x.shape[1], normalize)
+    return _total(terms.sum(), n_classes * x.shape[1], normalize)
