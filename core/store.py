@@ -43,6 +43,7 @@ from infoshape.budget import StreamBudget
 from infoshape.capture import Tap
 from infoshape.errors import CaptureError, StoreError, StoreWriteError
 from infoshape.probe import Probe
+from infoshape.store_guard import prepare_store_path
 from infoshape.store_layout import (
     DEFAULT_CODEC,
     GROUPS,
@@ -136,16 +137,8 @@ class RunStore:
         self.run_id = str(manifest.get("run_id") or uuid.uuid4().hex)
         if resume is not None:
             self.root = self._reopen_root(resume)
-        elif self.path.exists():
-            if not overwrite:
-                raise StoreError(
-                    f"a store already exists at {self.path}",
-                    expected="a new path",
-                    got=str(self.path),
-                    fix="choose another path, or pass overwrite=True (CLI: --overwrite)",
-                )
-            shutil.rmtree(self.path)
-        if resume is None:
+        else:
+            prepare_store_path(self.path, overwrite)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)

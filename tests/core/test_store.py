@@ -105,8 +105,55 @@ def test_existing_store_is_refused_unless_overwrite(tmp_path, mlp):
     infoshape.Session(mlp, store=path).close()
     with pytest.raises(StoreError) as info:
         infoshape.Session(mlp, store=path)
-    assert "a store already exists" in str(info.value) and "overwrite=True" in str(info.value)
+    message = str(info.value)
+    assert "a store already exists" in message and "overwrite=True" in message
+    assert "--resume" in message  # the other way on: continue the run
+    checkpoint = tmp_path / "run.zarr.checkpoint.pt"
+    checkpoint.write_bytes(b"the old run's checkpoint")
     infoshape.Session(mlp, store=path, overwrite=True).close()
+    assert not checkpoint.exists()  # the replaced run's own sibling goes with it
+
+
+def test_overwrite_refuses_a_folder_infoshape_did_not_write(tmp_path, mlp):
+    folder = tmp_path / "notzarr"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("a user's data")
+    (folder / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    with pytest.raises(StoreError) as info:
+        infoshape.Session(mlp, store=folder, overwrite=True)
+    assert "infoshape did not write" in str(info.value) and "precious.txt" in str(info.value)
+    assert (folder / "precious.txt").read_text() == "a user's data"
+    assert (folder / "zarr.json").exists()  # a zarr group of another program stays too
+
+
+def test_a_file_at_the_store_path_has_its_own_message(tmp_path, mlp):
+    path = tmp_path / "run.zarr"
+    path.write_text("not a store")
+    for overwrite in (False, True):
+        with pytest.raises(StoreError) as info:
+            infoshape.Session(mlp, store=path, overwrite=overwrite)
+        assert "a file is in the way" in str(info.value)
+        assert "already exists" not in str(info.value)
+    assert path.read_text() == "not a store"
+
+
+def test_an_empty_folder_is_taken_as_the_store(tmp_path, mlp):
+    (tmp_path / "run.zarr").mkdir()
+    infoshape.Session(mlp, store=tmp_path / "run.zarr").close()
+    assert infoshape.open_store(tmp_path / "run.zarr").attrs["status"] == "complete"
+
+
+def test_cli_overwrite_keeps_a_users_folder(tmp_path):
+    folder = tmp_path / "runs" / "notzarr"
+    folder.mkdir(parents=True)
+    (folder / "precious.txt").write_text("a user's data")
+    command = [sys.executable, "-m", "infoshape", "train", "--epochs", "1"]
+    result = subprocess.run(
+        [*command, "--store", str(folder), "--overwrite"], capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr
+    assert "infoshape did not write" in result.stderr and "Traceback" not in result.stderr
+    assert (folder / "precious.txt").read_text() == "a user's data"
 
 
 def test_changed_probe_set_is_refused(tmp_path, mlp, batch):
@@ -186,3 +233,23 @@ def test_sigkill_leaves_committed_epochs_readable(tmp_path, delay):
     np.testing.assert_array_equal(metrics["epoch.marker"].values, metrics["epoch"].values)
     assert list(metrics["step"].values) == list(range(len(metrics["step"])))
     assert np.isfinite(metrics["loss"].values).all()
+
+
+def test_stored_and_streamed_pre_taps_of_an_inplace_module_hold_its_input(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 5), torch.nn.ReLU(inplace=True), torch.nn.Linear(5, 3)
+    )
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 3
+    tap = Tap("1", point="pre", store="both", name="act_in")
+    with infoshape.Session(model, store=tmp_path / "r.zarr", taps=[tap]) as s:
+        s.loss(s.model(x), y)  # no optimizer step: the weights stay as they are
+        s.step_end()
+        s.epoch_end(probe=(x, y))
+    with torch.no_grad():
+        expected = model[0](x).numpy()
+    tree = infoshape.open_store(tmp_path / "r.zarr")
+    assert expected.min() < 0
+    np.testing.assert_allclose(tree["stream"]["act_in"].values[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(tree["probe"]["act_in"].values[0], expected, rtol=1e-6)

@@ -1,0 +1,7 @@
+"""``python -m infoshape`` runs the command line (``torchrun -m infoshape train ...`` too)."""
+
+import sys
+
+from infoshape.cli import main
+
+sys.exit(main())
