@@ -1,9 +1,10 @@
 """Capture of intermediate tensors through forward hooks.
 
 A :class:`Tap` names modules (by ``named_modules()`` glob or by class) and the
-tensor wanted: the module's input (``"pre"``) or its output (``"post"``).
-:class:`Capture` resolves every tap against a model, registers **one** forward
-hook per module however many taps ask for it, and keeps the latest tensors in
+tensor wanted: the module's input (``"pre"``, read by a forward pre-hook before the
+module runs, and copied when the module works in place) or its output (``"post"``).
+:class:`Capture` resolves every tap against a model, registers one pre-hook and
+one forward hook at most per module however many taps ask for it, and keeps the latest tensors in
 a mapping from capture name to tensor. Captured tensors keep their autograd
 graph (penalties use them); the store gets detached copies.
 
@@ -59,7 +60,11 @@ class Tap:
     Args:
         module: a glob over ``model.named_modules()`` names (``"features.*"``, ``"fc1"``),
             or a module class (``torch.nn.ReLU``) to tap every module of that class.
-        point: ``"pre"`` for the module's first input, ``"post"`` for its output.
+        point: ``"pre"`` for the module's first input, ``"post"`` for its output. A pre
+            capture is taken by a forward *pre*-hook, as the module receives it; on a module
+            that overwrites its input (torch's ``inplace=True`` flag, as torchvision's ResNet
+            ReLUs) it is a differentiable copy, so it holds the true input, not the
+            module's output, and the model is left as it is.
         store: ``False``; ``True`` or ``"probe"`` to store the probe set at each epoch end;
             ``"stream"`` to store training batches; ``"both"``.
         name: capture name; by default the module name (``"_pre"`` appended for inputs).
@@ -241,8 +246,17 @@ class Capture:
             by_module.setdefault(r.module, []).append(r)
         try:
             for module_name, wanted in by_module.items():
-                hook = self._make_hook(wanted)
-                self._handles.append(modules[module_name].register_forward_hook(hook))
+                module = modules[module_name]
+                pre = [r for r in wanted if r.point == "pre"]
+                post = [r for r in wanted if r.point != "pre"]
+                if pre:  # the input as the module receives it, before it runs
+                    hook = self._make_hook(pre, clone=_modifies_input(module))
+                    self._handles.append(module.register_forward_pre_hook(hook))
+                if post:
+                    hook = self._make_hook(post, clone=False)
+                    self._handles.append(
+                        module.register_forward_hook(lambda m, a, out, h=hook: h(m, out))
+                    )
         except BaseException:
             self.remove()
             raise
@@ -265,17 +279,25 @@ class Capture:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    def _make_hook(self, wanted: list[_Resolved]):
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def _make_hook(self, wanted: list[_Resolved], clone: bool):
+        """A hook storing the first tensor of what it is given (the input or the output).
+
+        With ``clone``, the tensor is copied first (differentiably): the module is about
+        to overwrite its input in place, and the capture must keep the value it had.
+        """
+
+        def hook(module: nn.Module, value: Any) -> None:
             for r in wanted:
-                tensor = _first_tensor(args if r.point == "pre" else output)
+                tensor = _first_tensor(value)
                 if tensor is None:
                     raise CaptureError(
                         f"tap {r.name!r} found no tensor at the {r.point} point of {r.module!r}",
                         expected="a tensor (or a tuple whose first item is a tensor)",
-                        got=type(args if r.point == "pre" else output).__name__,
+                        got=type(value).__name__,
                         fix="tap the other point or a sub-module that returns a tensor",
                     )
+                if clone:
+                    tensor = tensor.clone()
                 if self.on_nonfinite != "ignore":
                     if torch.compiler.is_compiling():
                         self._unchecked.append(r)
@@ -296,6 +318,12 @@ class Capture:
             got=f"{n_bad} of {tensor.numel()} values non-finite",
             fix="lower the learning rate or check the input; on_nonfinite='warn' continues",
         )
+
+
+def _modifies_input(module: nn.Module) -> bool:
+    """Whether ``module`` overwrites its input: torch's in-place flag (``nn.ReLU(inplace=True)``,
+    ``nn.Dropout(inplace=True)`` ...) is set."""
+    return getattr(module, "inplace", False) is True
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:

@@ -14,14 +14,20 @@ def _hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def test_pre_and_post_of_one_module_share_one_hook(mlp, batch):
+def test_taps_of_one_module_share_its_hooks(mlp, batch):
     x, _ = batch
-    taps = [Tap("relu1", point="pre"), Tap("relu1"), Tap("fc2", name="hidden")]
+    taps = [
+        Tap("relu1", point="pre"),
+        Tap("relu1", point="pre", name="again"),
+        Tap("relu1"),
+        Tap("fc2", name="hidden"),
+    ]
     with Capture(mlp, taps) as capture:
-        assert _hook_count(mlp) == 2  # relu1 and fc2, not three
+        assert _hook_count(mlp) == 3  # relu1's pre-hook and forward hook, fc2's: not four
         mlp(x)
         pre = mlp.fc1(x)
         torch.testing.assert_close(capture.tensors["relu1_pre"], pre)
+        torch.testing.assert_close(capture.tensors["again"], pre)
         torch.testing.assert_close(capture.tensors["relu1"], pre.clamp_min(0))
         torch.testing.assert_close(capture.tensors["hidden"], mlp.fc2(pre.clamp_min(0)))
     assert _hook_count(mlp) == 0
@@ -128,3 +134,39 @@ def test_non_tensor_output_is_a_clear_error():
 def test_bad_store_value():
     with pytest.raises(TapError, match=r"Tap\.store has an unknown value"):
         Tap("fc1", store="sometimes")
+
+
+def _inplace_mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
+
+
+def test_pre_tap_on_an_inplace_module_holds_its_true_input():
+    model, x = _inplace_mlp(), torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+    with Capture(model, [Tap("1", point="pre"), Tap("1")]) as capture:
+        model(x)
+        pre, post = capture.tensors["1_pre"], capture.tensors["1"]
+        expected = model[0](x)
+        assert pre.min() < 0  # not the ReLU's output
+        torch.testing.assert_close(pre, expected)
+        torch.testing.assert_close(post, expected.clamp_min(0))
+        pre.sum().backward()  # a penalty's gradient reaches fc as d(sum fc(x))/dW
+    torch.testing.assert_close(model[0].weight.grad, torch.ones(16, 5).T @ x)
+    assert model[1].inplace is True  # the model is left as it is
+
+
+def test_pre_tap_on_resnet18_inplace_relu():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with Capture(model, [Tap("layer1.0.relu", point="pre")]) as capture, torch.no_grad():
+        model(x)
+        got = capture.tensors["layer1.0.relu_pre"]
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        block = model.layer1[0]
+        hidden = block.bn1(block.conv1(stem)).clamp_min(0)
+        expected = block.bn2(block.conv2(hidden)) + stem  # the input of the block's last ReLU
+    assert got.min() < 0, "the capture is relu(input): the in-place ReLU overwrote it"
+    torch.testing.assert_close(got, expected)
