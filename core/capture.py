@@ -4,8 +4,8 @@ A :class:`Tap` names modules (by ``named_modules()`` glob or by class) and the
 tensor wanted: the module's input (``"pre"``, read by a forward pre-hook before the
 module runs, and copied when the module works in place) or its output (``"post"``).
 :class:`Capture` resolves every tap against a model, registers one pre-hook and
-one forward hook at most per module however many taps ask for it, and keeps the latest tensors in
-a mapping from capture name to tensor. Captured tensors keep their autograd
+one forward hook at most per module however many taps ask for it, and keeps the
+latest tensors in a mapping from capture name to tensor. Captured tensors keep their autograd
 graph (penalties use them); the store gets detached copies.
 
 The hooks work under ``torch.compile(model)`` when they are registered before
@@ -321,8 +321,10 @@ class Capture:
 
 
 def _modifies_input(module: nn.Module) -> bool:
-    """Whether ``module`` overwrites its input: torch's in-place flag (``nn.ReLU(inplace=True)``,
-    ``nn.Dropout(inplace=True)`` ...) is set."""
+    """Whether ``module`` overwrites its input: torch's in-place flag is set.
+
+    (``nn.ReLU(inplace=True)``, ``nn.Dropout(inplace=True)``, torchvision's ResNet ReLUs.)
+    """
     return getattr(module, "inplace", False) is True
 
 

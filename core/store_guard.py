@@ -4,9 +4,9 @@
 root ``zarr.json`` is a zarr group carrying an infoshape manifest (``run_id`` and
 ``infoshape_version`` in its attributes). With it goes the run's checkpoint
 ``<store>.checkpoint.pt`` (a rank store of a DDP run is replaced by its own rank, so
-that no rank deletes a store another rank is creating). Anything else at the path (a plain file, a folder of the
-user's, a zarr store of another program) is refused and nothing is deleted. An empty
-folder is taken as it is.
+that no rank deletes a store another rank is creating). Anything else at the path (a
+plain file, a folder of the user's, a zarr store of another program) is refused and
+nothing is deleted. An empty folder is taken as it is.
 """
 
 from __future__ import annotations
