@@ -47,7 +47,7 @@ import zarr
 
 from infoshape import Tap
 from infoshape.store import RunStore
-from infoshape.store_layout import CODECS
+from infoshape.store.layout import CODECS
 
 
 def bench_numpy(batches: list[np.ndarray], folder: Path, codec: str) -> dict[str, float]:

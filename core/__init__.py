@@ -50,7 +50,7 @@ _LAZY = {
     "list_datasets": "infoshape.registry",
     "list_estimators": "infoshape.registry",
     "Session": "infoshape.session",
-    "open_store": "infoshape.store_read",
+    "open_store": "infoshape.store.read",
 }
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
         list_estimators,
     )
     from infoshape.session import Session
-    from infoshape.store_read import open_store
+    from infoshape.store.read import open_store
 
 
 def __getattr__(name: str) -> Any:

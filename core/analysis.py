@@ -35,8 +35,8 @@ import zarr
 from infoshape.errors import ConfigError, InfoshapeError, PluginError, StoreError
 from infoshape.linalg import as_samples
 from infoshape.registry import Estimator, get_estimator, list_estimators, unknown_name
-from infoshape.store_layout import GROUPS, INPUT
-from infoshape.store_read import open_store
+from infoshape.store.layout import GROUPS, INPUT
+from infoshape.store.read import open_store
 
 __all__ = ["analyze", "format_results", "parse_epochs", "resolve_estimator", "write_analysis"]
 

@@ -85,7 +85,7 @@ class Tap:
         stream_seed: seed of the reservoir and of the projection matrix.
 
     The budget is applied in the order every → pool → project → dtype → reservoir and
-    recorded in the stored variable's attrs (see :mod:`infoshape.budget`).
+    recorded in the stored variable's attrs (see :mod:`infoshape.store.budget`).
     """
 
     module: str | type = attrs.field(kw_only=False)

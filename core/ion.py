@@ -296,7 +296,7 @@ def representation(store: Any, tap: str, epoch: int = -1) -> tuple[np.ndarray, n
         UnknownNameError: ``tap`` is not stored.
         ConfigError: ``epoch`` is not stored.
     """
-    from infoshape.store_read import open_store
+    from infoshape.store.read import open_store
 
     tree = open_store(store) if isinstance(store, (str, Path)) else store
     if "probe" not in tree.children or "epoch" not in tree["probe"].dims:

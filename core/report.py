@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from infoshape.store_read import open_store
+from infoshape.store.read import open_store
 
 __all__ = ["default_report_dir", "plot_information_plane", "plot_metrics", "report"]
 

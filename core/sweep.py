@@ -318,7 +318,7 @@ def _last_epoch_metrics(store: Path) -> dict[str, float]:
     """``test_error`` (%) and every ``characteristics.*`` metric at the store's last epoch."""
     import numpy as np
 
-    from infoshape.store_read import open_store
+    from infoshape.store.read import open_store
 
     metrics = open_store(store)["metrics"].to_dataset()
     if "epoch" not in metrics.dims or metrics.sizes["epoch"] == 0:

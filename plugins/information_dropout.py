@@ -53,7 +53,7 @@ from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
-from infoshape.store_layout import tap_dims
+from infoshape.store.layout import tap_dims
 
 __all__ = [
     "MU_FLOOR",

@@ -11,7 +11,7 @@ from torch import nn
 
 import infoshape
 from infoshape import CaptureError, Tap
-from infoshape.budget import Reservoir, jl_epsilon, random_projection
+from infoshape.store.budget import Reservoir, jl_epsilon, random_projection
 
 
 def _ids(values) -> np.ndarray:

@@ -11,7 +11,9 @@ import torch
 import zarr
 
 import infoshape
-from infoshape import StoreError, Tap, store_layout
+from infoshape import StoreError, Tap
+from infoshape.store import appender, layout
+from infoshape.store import chunks as store_chunks
 from infoshape.store import RunStore
 
 
@@ -59,13 +61,13 @@ def test_stream_chunks_are_aligned_and_written_whole(tmp_path, monkeypatch):
     # and each full block is written as one chunk file, straight from the rows
     store = RunStore(tmp_path / "r.zarr", manifest={})
     whole: list[tuple[str, tuple[int, ...], int, bool]] = []
-    original = store_layout._write_chunk
+    original = appender.write_chunk_file
 
     def spy(array, coords, parts, atomic):
         whole.append((array.basename, coords, sum(len(p) for p in parts), atomic))
         return original(array, coords, parts, atomic)
 
-    monkeypatch.setattr(store_layout, "_write_chunk", spy)
+    monkeypatch.setattr(appender, "write_chunk_file", spy)
     expected = _stream(store, steps=600)
     store.close()
     group = zarr.open_group(str(tmp_path / "r.zarr" / "stream"))
@@ -100,15 +102,15 @@ def test_arrays_start_long_grow_data_first_and_are_trimmed_at_close(tmp_path, mo
     # coordinate (a kill in between leaves no committed row without its data); an
     # unclosed store shows only the committed rows, and close() cuts the arrays to them
     resized: list[tuple[list[str], int]] = []
-    original = store_layout._resize
+    original = appender.resize
 
     def spy(arrays, length):
         arrays = list(arrays)
         resized.append((sorted(a.basename for a in arrays), length))
         return original(arrays, length)
 
-    monkeypatch.setattr(store_layout, "_resize", spy)
-    assert store_layout.INITIAL_CAPACITY["step"] == 1024
+    monkeypatch.setattr(appender, "resize", spy)
+    assert layout.INITIAL_CAPACITY["step"] == 1024
     store = RunStore(tmp_path / "r.zarr", manifest={})
     expected = _stream(store, steps=1030)  # blocks of 256 rows, then the last 6 at flush
     store.flush()
@@ -213,7 +215,7 @@ def test_shrink_deletes_the_chunks_past_the_cut_and_keeps_the_rest(tmp_path, sep
         chunk_key_encoding={"name": "default", "separator": separator},
     )
     array[:] = np.arange(30, dtype="f4").reshape(10, 3)
-    store_layout.shrink([array], 5)  # chunk 2 (rows 4, 5) holds the last kept row: it stays
+    store_chunks.shrink([array], 5)  # chunk 2 (rows 4, 5) holds the last kept row: it stays
     folder = tmp_path / "s.zarr" / "a"
     chunks = [p for p in folder.rglob("*") if p.is_file() and p.name != "zarr.json"]
     files = sorted(p.relative_to(folder).as_posix() for p in chunks)

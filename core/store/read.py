@@ -16,7 +16,7 @@ import zarr
 from zarr.core.metadata import ArrayV3Metadata
 
 from infoshape.errors import StoreError
-from infoshape.store_layout import APPEND_DIMS, NOT_COMMITTED
+from infoshape.store.layout import APPEND_DIMS, NOT_COMMITTED
 
 __all__ = ["committed_length", "open_store"]
 
