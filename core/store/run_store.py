@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from infoshape.capture import Tap
 from infoshape.errors import StoreError, StoreWriteError
 from infoshape.probe import Probe
 from infoshape.store.appender import Appender, reopen_appender
@@ -124,6 +123,8 @@ class RunStore:
         self._streams = StreamWriter(
             lambda: self._group("stream"), self._submit, self.codec, copy_streams, epoch
         )
+        self.write_stream = self._streams.write
+        """Queue one training batch's captures at a step (:meth:`StreamWriter.write`)."""
         if resume is not None:
             self._reopen_appenders(int(resume["epoch"]), int(resume["step"]))
 
@@ -263,17 +264,6 @@ class RunStore:
         return appender
 
     # ------------------------------------------------------------ stream
-    def write_stream(
-        self,
-        step: int,
-        captures: Mapping[str, Any],
-        labels: Any,
-        index: Any,
-        taps: Mapping[str, tuple[str, str, Tap]],
-    ) -> None:
-        """Queue one training batch's captures at ``step`` (:meth:`StreamWriter.write`)."""
-        self._streams.write(step, captures, labels, index, taps)
-
     def end_epoch(self, epoch: int) -> None:
         """Queue the epoch's reservoirs (:meth:`StreamWriter.end_epoch`).
 
