@@ -12,9 +12,8 @@ import zarr
 
 import infoshape
 from infoshape import StoreError, Tap
-from infoshape.store import appender, layout
+from infoshape.store import RunStore, appender, layout
 from infoshape.store import chunks as store_chunks
-from infoshape.store import RunStore
 
 
 def _stream(store: RunStore, steps: int, rows: int = 6, width: int = 5, every: int = 1):
