@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from infoshape.errors import ConfigError
+from infoshape.errors import ConfigError, NonFiniteError
 
 __all__ = [
     "as_samples",
@@ -19,6 +19,7 @@ __all__ = [
     "one_hot",
     "paired_labels",
     "pairwise_sq_distances",
+    "require_finite",
 ]
 
 
@@ -52,6 +53,38 @@ def nonempty_samples(x, who: str, dtype: torch.dtype = torch.float64) -> torch.T
             fix="pass at least one sample",
         )
     return z
+
+
+def require_finite(x: torch.Tensor, who: str, what: str = "input") -> torch.Tensor:
+    """``x`` unchanged when every value is finite, else :class:`NonFiniteError` naming them.
+
+    Offline use (estimators): it reads one flag back to the host, so keep it out of a
+    training step's hot path.
+
+    Args:
+        x: any tensor.
+        who: the function or plugin, for the message (``"ksg"``).
+        what: the argument, for the message (``"x"``, ``"labels"``).
+
+    Raises:
+        NonFiniteError: with how many values are NaN / ±Inf and the first sample holding one.
+    """
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return x
+    n_nan = int(torch.isnan(x).sum())
+    rows = bad.reshape(x.shape[0], -1).any(1).nonzero() if x.ndim else bad.reshape(1, 1)
+    first = int(rows[0, 0]) if x.ndim else 0
+    raise NonFiniteError(
+        f"{who}: {what} holds non-finite values",
+        expected="finite values only (an estimate on NaN or Inf is meaningless)",
+        got=(
+            f"{n_nan} NaN and {int(bad.sum()) - n_nan} ±Inf of {x.numel()} values "
+            f"in {int(rows.shape[0])} of {x.shape[0] if x.ndim else 1} samples "
+            f"(first: sample {first})"
+        ),
+        fix="drop or repair those samples first (a diverged run stores NaN activations)",
+    )
 
 
 def paired_labels(z: torch.Tensor, labels, who: str) -> torch.Tensor:
