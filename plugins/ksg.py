@@ -28,10 +28,10 @@ noise (one shared noise made ``X = Y`` for two constants: 4–6 nats before).
 Estimates are not clamped (they can be slightly negative, so averages over seeds or units
 stay unbiased); :func:`information_plane` reports ``max(0, ·)``, as scikit-learn does.
 Non-finite input raises :class:`~infoshape.errors.NonFiniteError`. Neighbours: a k-d tree
-(``scipy.spatial.cKDTree``, max-norm; counts within ``nextafter(ε, 0)`` as scikit-learn)
-when the joint space (``t`` alone for labels) has at most ``TREE_MAX_DIM`` dimensions, else
-brute force in row chunks (exact, ``O(N²(d_x + d_y))`` time); both give identical results.
-Not differentiable. Nats.
+(``scipy.spatial.cKDTree``, max-norm; counts within ``nextafter(ε, 0)`` as scikit-learn; in
+one dimension binary search in the sorted values) when the joint space (``t`` alone for
+labels) has at most ``TREE_MAX_DIM`` dimensions, else brute force in row chunks (exact,
+``O(N²(d_x + d_y))`` time); both give identical results. Not differentiable. Nats.
 """
 
 from __future__ import annotations
@@ -119,8 +119,38 @@ def _kth_tree(v: np.ndarray, k: int) -> np.ndarray:
 
 def _closer_tree(v: np.ndarray, radius: np.ndarray) -> np.ndarray:
     """How many other rows of ``v`` lie strictly closer than ``radius`` (max-norm) to each."""
-    inside = cKDTree(v).query_ball_point(v, np.nextafter(radius, 0), p=np.inf, return_length=True)
+    if v.shape[1] == 1:
+        inside = _inside_sorted(v[:, 0], radius)
+    else:
+        r = np.nextafter(radius, 0)
+        inside = cKDTree(v).query_ball_point(v, r, p=np.inf, return_length=True)
     return np.where(radius > 0, inside - 1, 0).astype(np.float64)
+
+
+def _inside_sorted(v: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """``#{j : |v_j − v_i| < radius_i}`` for 1-D ``v`` by binary search in the sorted values.
+
+    ``v_i ± radius_i`` is rounded, so the window's ends are then moved over whole blocks of
+    equal values until ``|s − v_i| < radius_i``, computed as the tree and brute force do, holds
+    exactly inside (it is monotone on each side of ``v_i``).
+    """
+    s, last = np.sort(v), len(v) - 1
+    lo, hi = np.searchsorted(s, v - radius, "right"), np.searchsorted(s, v + radius, "left")
+
+    def inside(j):
+        return np.abs(s[np.clip(j, 0, last)] - v) < radius
+
+    while True:
+        moves = [
+            (hi, (hi <= last) & inside(hi), 0, "right"),  # s[hi] inside: past its block
+            (hi, (hi > 0) & (s[np.clip(hi - 1, 0, last)] > v) & ~inside(hi - 1), -1, "left"),
+            (lo, (lo > 0) & inside(lo - 1), -1, "left"),
+            (lo, (lo <= last) & (s[np.clip(lo, 0, last)] < v) & ~inside(lo), 0, "right"),
+        ]
+        if not any(mask.any() for _, mask, _, _ in moves):
+            return hi - lo
+        for end, mask, shift, side in moves:
+            end[mask] = np.searchsorted(s, s[end[mask] + shift], side)
 
 
 def _ksg_counts(xs: torch.Tensor, ys: torch.Tensor, k: int, tree: bool) -> torch.Tensor:

@@ -157,15 +157,19 @@ def test_mixed_ties_match_scikit_learn(name):
 
 
 @pytest.mark.parametrize(("dx", "dy", "k"), [(1, 1, 3), (2, 3, 1), (3, 3, 5), (1, 7, 3)])
-def test_tree_and_brute_force_searches_agree_exactly(dx, dy, k):
+@pytest.mark.parametrize("ties", [False, True])
+def test_tree_and_brute_force_searches_agree_exactly(dx, dy, k, ties):
+    """Also on raw ties (integers, no jitter): the 1-D sorted search fixes its rounded ends."""
     g = torch.Generator().manual_seed(dx + dy + k)
     x = torch.randn(400, dx, generator=g, dtype=torch.float64)
     y = x[:, :1] + torch.randn(400, dy, generator=g, dtype=torch.float64)
-    tree = mutual_information(x, y, k, search="tree").item()
-    assert tree == mutual_information(x, y, k, search="brute").item()
+    options = {"jitter": 0.0} if ties else {}
+    if ties:
+        x, y = x.round(), (2 * y).round()
     labels = torch.randint(0, 4, (400,), generator=g)
-    tree = mutual_information_mixed(x, labels, k, search="tree").item()
-    assert tree == mutual_information_mixed(x, labels, k, search="brute").item()
+    for estimate, a, b in [(mutual_information, x, y), (mutual_information_mixed, x, labels)]:
+        tree = estimate(a, b, k, search="tree", **options).item()
+        assert tree == estimate(a, b, k, search="brute", **options).item()
 
 
 @pytest.mark.parametrize(
