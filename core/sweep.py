@@ -6,9 +6,19 @@ a grid of cells, each trained by :func:`infoshape.trainer.train` in turn:
 - ``baseline``: the base run as it is (``baseline = false`` drops it);
 - one group per **named configuration** (``[sweep.configurations.NAME]``: settings that
   change the base, e.g. ``model_options = {dropout = 0.5}``);
-- one group per **plugin × coefficient**: the plugin enabled with its coefficient option
-  (``coefficient`` unless ``coefficient_option`` says otherwise) set to each value;
+- one group per **plugin × coefficient**: the plugin enabled with its weight option set to
+  each value. The option is the one the plugin declares in its ``weight_option`` class
+  attribute (``shade``: ``beta``, ``irnn``: ``alpha2``, the Choi–Rhee family:
+  ``coefficient``; :mod:`infoshape.hookspecs`), unless ``coefficient_option`` names another
+  (one name for every plugin, or a table ``{plugin: option}``);
 - every group once per seed.
+
+Every cell is validated before the first one trains: its train settings, each plugin
+loads, and each plugin's options (the swept weight included) pass its ``Config``; an
+invalid cell stops the sweep with one :class:`~infoshape.errors.ConfigError` that lists
+every invalid cell. A cell that fails while training (a valid option refused at run time, a
+plugin raising) does not stop the others: it is listed, with its error, under "failed
+cells" in ``summary.md`` and in ``sweep.json``.
 
 Cell ``NAME`` writes ``OUT/cells/NAME.zarr``. A cell whose store is complete (root attr
 ``status == "complete"``) and was trained with the cell's settings is not rerun; a
@@ -61,6 +71,8 @@ __all__ = [
     "run_sweep",
     "summarize",
     "sweep_settings",
+    "validate_cells",
+    "weight_option",
 ]
 
 _IGNORED = ("store", "overwrite", "progress", "taps", "device", "data_root")
@@ -112,6 +124,65 @@ def _merge(base: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
+def weight_option(plugin: str) -> str:
+    """The option that holds ``plugin``'s loss weight: its ``weight_option`` attribute.
+
+    Raises:
+        PluginLoadError: ``plugin`` is not installed or cannot be imported.
+        ConfigError: the plugin declares no weight option.
+    """
+    from infoshape.plugin_manager import build_plugin_manager
+
+    loaded = build_plugin_manager([plugin]).infos[plugin].plugin
+    option = getattr(loaded, "weight_option", None)
+    if not isinstance(option, str) or not option:
+        raise ConfigError(
+            f"plugin {plugin!r} declares no weight option for --coefficient",
+            expected="a plugin whose class names the option of its loss weight in "
+            'weight_option (e.g. weight_option = "beta")',
+            got=f"weight_option = {option!r}",
+            fix=f'name the option: [sweep] coefficient_option = {{{plugin} = "OPTION"}}, '
+            f"or sweep {plugin!r} through --configuration NAME with its options instead",
+        )
+    return option
+
+
+def validate_cells(cells: list[Cell]) -> dict[str, Any]:
+    """Each cell's :class:`~infoshape.trainer.TrainConfig`, after checking every cell.
+
+    A cell is valid when its settings make a ``TrainConfig`` and each of its plugins loads
+    and accepts its options (:func:`infoshape.options.build_config`). Nothing is trained.
+
+    Raises:
+        ConfigError: one or more invalid cells, all of them listed.
+    """
+    from infoshape.options import build_config
+    from infoshape.plugin_manager import build_plugin_manager
+    from infoshape.trainer import TrainConfig
+
+    configs, problems, loaded = {}, {}, {}
+    for cell in cells:
+        try:
+            config = TrainConfig.from_mapping({**cell.settings, "progress": False})
+            for plugin in config.plugins:
+                if plugin not in loaded:
+                    loaded[plugin] = build_plugin_manager([plugin]).infos[plugin].plugin
+                config_cls = getattr(loaded[plugin], "Config", None)
+                build_config(plugin, config_cls, config.options.get(plugin))
+        except InfoshapeError as err:
+            problems[cell.name] = f"{type(err).__name__}: {err}".splitlines()[0]
+            continue
+        configs[cell.name] = config
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} of {len(cells)} sweep cells are invalid; nothing was trained",
+            expected="every cell's settings and plugin options valid",
+            got="; ".join(f"{name}: {problem}" for name, problem in problems.items()),
+            fix="correct the sweep's coefficients, options or plugins and run it again",
+        )
+    return configs
+
+
 @attrs.frozen(kw_only=True)
 class Cell:
     """One training run of a sweep.
@@ -146,8 +217,9 @@ class SweepConfig:
         coefficients: values of each plugin's coefficient option; empty: plugin defaults.
         configurations: named groups, name to the settings they change.
         baseline: include the base run as group ``baseline``.
-        coefficient_option: the coefficient's option name, one for all plugins or a table
-            ``{plugin: option}`` (missing plugins use ``"coefficient"``).
+        coefficient_option: the swept option's name, one for all plugins or a table
+            ``{plugin: option}``; ``None`` (and plugins missing from the table): the option
+            each plugin declares in its ``weight_option`` attribute.
         characteristics: enable the ``characteristics`` plugin in every cell.
     """
 
@@ -158,7 +230,7 @@ class SweepConfig:
     coefficients: tuple[float, ...] = ()
     configurations: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     baseline: bool = True
-    coefficient_option: str | dict[str, str] = "coefficient"
+    coefficient_option: str | dict[str, str] | None = None
     characteristics: bool = True
 
     @classmethod
@@ -188,8 +260,8 @@ class SweepConfig:
                 configurations,
                 "[sweep.configurations.dropout] model_options = {dropout = 0.5}",
             )
-        option = grid.get("coefficient_option", "coefficient")
-        if not isinstance(option, (str, Mapping)):
+        option = grid.get("coefficient_option")
+        if not isinstance(option, (str, Mapping, type(None))):
             raise _refuse("coefficient_option", "a name or a table", option, '"coefficient"')
         return cls(
             base=settings,
@@ -199,13 +271,15 @@ class SweepConfig:
             coefficients=_numbers(grid.get("coefficients", []), "coefficients", float),
             configurations={k: dict(v) for k, v in configurations.items()},
             baseline=bool(grid.get("baseline", True)),
-            coefficient_option=option if isinstance(option, str) else dict(option),
+            coefficient_option=dict(option) if isinstance(option, Mapping) else option,
             characteristics=bool(grid.get("characteristics", True)),
         )
 
     def _option(self, plugin: str) -> str:
         option = self.coefficient_option
-        return option if isinstance(option, str) else option.get(plugin, "coefficient")
+        if isinstance(option, Mapping):
+            option = option.get(plugin)
+        return option if option is not None else weight_option(plugin)
 
     def groups(self) -> list[tuple[str, dict[str, Any]]]:
         """``(group name, settings change)`` in order: baseline, configurations, plugins."""
@@ -278,11 +352,15 @@ class Summary:
             (``amplitude``, or ``relu5.amplitude`` when several layers are measured).
         rows: ``(group, n_seeds, {column: (mean, std)})``; std is NaN for one seed.
         values: ``{cell name: {column: value}}`` as read from each store.
+        failed: ``(cell name, group, status, error)`` of every cell not complete:
+            ``status`` is ``"failed"`` (with the error of its last run) or the store's state
+            (``"missing"``, ``"running"`` for an interrupted run).
     """
 
     columns: tuple[str, ...]
     rows: tuple[tuple[str, int, dict[str, tuple[float, float]]], ...]
     values: dict[str, dict[str, float]]
+    failed: tuple[tuple[str, str, str, str], ...] = ()
 
     def to_markdown(self, digits: int = 4) -> str:
         """A markdown table, ``mean ± std`` per cell."""
@@ -296,6 +374,12 @@ class Summary:
         for group, n, stats in self.rows:
             values = [cell(*stats[c]) if c in stats else "" for c in self.columns]
             lines.append("| " + " | ".join([group, str(n), *values]) + " |")
+        if self.failed:
+            lines += ["", "failed cells (not in the table above):", ""]
+            lines += ["| cell | configuration | status | error |", "|---|---|---|---|"]
+            for name, group, status, error in self.failed:
+                error = error.replace("|", "\\|").replace("\n", " ")
+                lines.append(f"| {name} | {group} | {status} | {error} |")
         return "\n".join(lines) + "\n"
 
     def write_csv(self, path: str | Path) -> None:
@@ -365,12 +449,17 @@ def summarize(out: str | Path) -> Summary:
             got="no such file",
             fix="run the sweep first, or pass its --out folder",
         )
-    cells = json.loads(manifest_path.read_text(encoding="utf-8"))["cells"]
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    cells, errors = manifest["cells"], manifest.get("failed", {})
     values: dict[str, dict[str, float]] = {}
     groups: dict[str, list[str]] = {}
+    failed = []
     for cell in cells:
         store = Path(cell["store"])
-        if not store.exists() or _store_status(store) != "complete":
+        status = (_store_status(store) or "unreadable") if store.exists() else "missing"
+        if status != "complete":
+            error = errors.get(cell["name"], "")
+            failed.append((cell["name"], cell["group"], "failed" if error else status, error))
             continue
         values[cell["name"]] = _last_epoch_metrics(store)
         groups.setdefault(cell["group"], []).append(cell["name"])
@@ -388,7 +477,7 @@ def summarize(out: str | Path) -> Summary:
                 std = float(data.std(ddof=1)) if data.size > 1 else math.nan
                 stats[column] = (float(data.mean()), std)
         rows.append((group, len(names), stats))
-    return Summary(columns=tuple(columns), rows=tuple(rows), values=values)
+    return Summary(columns=tuple(columns), rows=tuple(rows), values=values, failed=tuple(failed))
 
 
 def _store_status(store: Path) -> str | None:
@@ -426,16 +515,23 @@ def run_sweep(
 ) -> SweepResult:
     """Train every cell not yet complete, then write ``sweep.json`` and the summaries.
 
-    A cell that raises is reported in :attr:`SweepResult.failed` and the sweep goes on;
+    Every cell is validated first (:func:`validate_cells`): an invalid one stops the sweep
+    before anything trains. A cell that raises while training is reported in
+    :attr:`SweepResult.failed`, in ``sweep.json`` and in the summary, and the sweep goes on;
     its store is marked ``failed`` and the next run trains it again.
+
+    Raises:
+        ConfigError: an invalid cell (all of them listed), or a swept plugin without a
+            weight option.
+        PluginLoadError: a swept plugin is not installed.
     """
     from tqdm.auto import tqdm
 
-    from infoshape.trainer import TrainConfig, train
+    from infoshape.trainer import train
 
     out = Path(config.out)
     cells = config.cells()
-    configs = {c.name: TrainConfig.from_mapping({**c.settings, "progress": False}) for c in cells}
+    configs = validate_cells(cells)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "config": _plain(attrs.asdict(config)),
@@ -456,13 +552,15 @@ def run_sweep(
         say(f"{cell.name}: {'training' if status == 'missing' else status + ', training again'}")
         try:
             result = train(configs[cell.name])
-        except (InfoshapeError, RuntimeError, ValueError) as err:
+        except Exception as err:  # any failure of one cell: record it, train the others
             failed[cell.name] = f"{type(err).__name__}: {err}"
             say(f"{cell.name}: FAILED {failed[cell.name]}")
             continue
         ran.append(cell.name)
         say(f"{cell.name}: test accuracy {result.test_accuracy:.4f} ({result.elapsed_s:.1f} s)")
     bar.close()
+    manifest["failed"] = failed
+    (out / "sweep.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     summary = summarize(out)
     (out / "summary.md").write_text(summary.to_markdown(), encoding="utf-8")
     summary.write_csv(out / "summary.csv")
@@ -566,7 +664,8 @@ def add_parser(commands: Any, formatter: Any) -> None:
     add("--plugin", action="append", dest="plugins", metavar="NAME", help="a swept plugin, one "
         "group per coefficient (repeatable)")  # fmt: skip
     add("--coefficient", action="append", type=float, dest="coefficients", metavar="X",
-        help="a value of each swept plugin's coefficient option (repeatable)")  # fmt: skip
+        help="a value of each swept plugin's weight option: the one the plugin declares "
+        "(shade: beta, irnn: alpha2, cr: coefficient) (repeatable)")  # fmt: skip
     add("--seed", action="append", type=int, dest="seeds", metavar="N", help="a seed "
         "(repeatable; default 0)")  # fmt: skip
     add("--configuration", action="append", dest="configurations", metavar="NAME[:K=V;...]",
