@@ -142,7 +142,7 @@ def weight_option(plugin: str) -> str:
             'weight_option (e.g. weight_option = "beta")',
             got=f"weight_option = {option!r}",
             fix=f'name the option: [sweep] coefficient_option = {{{plugin} = "OPTION"}}, '
-            f"or sweep {plugin!r} through --configuration NAME with its options instead",
+            f"or give {plugin!r} its options in [sweep.configurations.NAME] tables",
         )
     return option
 
