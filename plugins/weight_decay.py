@@ -33,7 +33,16 @@ from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
 from infoshape.options import with_defaults
 
-__all__ = ["L1W", "L2W", "WeightDecayConfig", "l1_weights", "l2_weights", "select_weights"]
+__all__ = [
+    "L1W",
+    "L2W",
+    "L1WConfig",
+    "L2WConfig",
+    "WeightDecayConfig",
+    "l1_weights",
+    "l2_weights",
+    "select_weights",
+]
 
 
 def select_weights(
@@ -150,11 +159,15 @@ class _WeightDecay:
         return [Penalty(self.name, value, self.config.coefficient)]
 
 
+L1WConfig = with_defaults(WeightDecayConfig, "L1WConfig", coefficient=1e-4)
+L2WConfig = with_defaults(WeightDecayConfig, "L2WConfig", coefficient=1e-3)
+
+
 class L1W(_WeightDecay):
     """``l1w``: ``coefficient · Σ_w |w|`` over the selected weights."""
 
     name = "l1w"
-    Config = with_defaults(WeightDecayConfig, "L1WConfig", coefficient=1e-4)
+    Config = L1WConfig
     function = staticmethod(l1_weights)
 
 
@@ -162,5 +175,5 @@ class L2W(_WeightDecay):
     """``l2w``: ``coefficient · Σ_w w²`` over the selected weights."""
 
     name = "l2w"
-    Config = with_defaults(WeightDecayConfig, "L2WConfig", coefficient=1e-3)
+    Config = L2WConfig
     function = staticmethod(l2_weights)
