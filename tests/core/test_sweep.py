@@ -196,3 +196,15 @@ def test_a_failing_cell_is_listed_and_the_others_train(tmp_path):
     markdown = (tmp_path / "sw" / "summary.md").read_text()
     assert "| broken-seed0 | broken | failed |" in markdown
     assert summarize(tmp_path / "sw").failed == result.summary.failed  # read back from sweep.json
+
+
+def test_every_first_party_penalty_plugin_declares_its_weight_option():
+    from infoshape.plugin_manager import installed_plugins
+
+    for name, ep in installed_plugins().items():
+        plugin = ep.load()
+        if not ep.value.startswith("infoshape.plugins") or not hasattr(plugin, "infoshape_penalty"):
+            continue
+        assert hasattr(plugin, "weight_option"), f"{name} declares no weight_option"
+        if plugin.weight_option is not None:  # it names a field of the plugin's Config
+            assert plugin.weight_option in attrs.fields_dict(plugin.Config), name
