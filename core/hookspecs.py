@@ -12,7 +12,9 @@ A plugin class (the usual form) is instantiated once per :class:`~infoshape.Sess
 so its state (moving averages, kernel widths) lives on the session. A plugin
 declares its options as an ``attrs`` class in its ``Config`` attribute; the
 session validates the user's options against it and passes the instance to
-``infoshape_configure``.
+``infoshape_configure``. A plugin whose penalty has a loss weight names that option in its
+``weight_option`` class attribute (``weight_option = "beta"``; ``None`` or absent: no
+weight); ``infoshape sweep --coefficient`` sets that option, whatever its name.
 """
 
 from __future__ import annotations

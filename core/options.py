@@ -18,7 +18,7 @@ import attrs
 
 from infoshape.errors import PluginLoadError
 
-__all__ = ["build_config", "config_as_dict", "describe_type"]
+__all__ = ["build_config", "config_as_dict", "describe_type", "with_defaults"]
 
 
 def describe_type(tp: Any) -> str:
@@ -144,3 +144,29 @@ def config_as_dict(config: Any) -> dict[str, Any]:
         return repr(value)
 
     return attrs.asdict(config, value_serializer=_plain)
+
+
+def with_defaults(config: type, name: str, **defaults: Any) -> type:
+    """A subclass ``name`` of the attrs class ``config`` whose fields take other defaults.
+
+    For plugins that share one options class but not its defaults (the Choi–Rhee
+    regularizers' ``coefficient``): each field keeps its type, validator and converter.
+    """
+    import attr
+
+    fields = attrs.fields_dict(config)
+    these = {
+        key: attr.ib(
+            default=value,
+            validator=fields[key].validator,
+            converter=fields[key].converter,
+            type=fields[key].type,
+        )
+        for key, value in defaults.items()
+    }
+    cls = attrs.make_class(name, these, bases=(config,), frozen=True, kw_only=True, slots=True)
+    changed = ", ".join(f"``{k}`` = {v!r}" for k, v in defaults.items())
+    cls.__doc__ = f"The options of :class:`{config.__name__}`, with default {changed}."
+    cls.__module__ = config.__module__
+    cls.__qualname__ = name
+    return cls

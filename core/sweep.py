@@ -6,9 +6,19 @@ a grid of cells, each trained by :func:`infoshape.trainer.train` in turn:
 - ``baseline``: the base run as it is (``baseline = false`` drops it);
 - one group per **named configuration** (``[sweep.configurations.NAME]``: settings that
   change the base, e.g. ``model_options = {dropout = 0.5}``);
-- one group per **plugin × coefficient**: the plugin enabled with its coefficient option
-  (``coefficient`` unless ``coefficient_option`` says otherwise) set to each value;
+- one group per **plugin × coefficient**: the plugin enabled with its weight option set to
+  each value. The option is the one the plugin declares in its ``weight_option`` class
+  attribute (``shade``: ``beta``, ``irnn``: ``alpha2``, the Choi–Rhee family:
+  ``coefficient``; :mod:`infoshape.hookspecs`), unless ``coefficient_option`` names another
+  (one name for every plugin, or a table ``{plugin: option}``);
 - every group once per seed.
+
+Every cell is validated before the first one trains: its train settings, each plugin
+loads, and each plugin's options (the swept weight included) pass its ``Config``; an
+invalid cell stops the sweep with one :class:`~infoshape.errors.ConfigError` that lists
+every invalid cell. A cell that fails while training (a valid option refused at run time, a
+plugin raising) does not stop the others: it is listed, with its error, under "failed
+cells" in ``summary.md`` and in ``sweep.json``.
 
 Cell ``NAME`` writes ``OUT/cells/NAME.zarr``. A cell whose store is complete (root attr
 ``status == "complete"``) and was trained with the cell's settings is not rerun; a
@@ -38,9 +48,7 @@ Config file (TOML): the ``infoshape train`` keys at top level, the grid under ``
 from __future__ import annotations
 
 import copy
-import csv
 import json
-import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -49,6 +57,7 @@ from typing import Any
 import attrs
 
 from infoshape.errors import ConfigError, InfoshapeError
+from infoshape.sweep_summary import Summary, summarize
 
 __all__ = [
     "Cell",
@@ -61,6 +70,8 @@ __all__ = [
     "run_sweep",
     "summarize",
     "sweep_settings",
+    "validate_cells",
+    "weight_option",
 ]
 
 _IGNORED = ("store", "overwrite", "progress", "taps", "device", "data_root")
@@ -112,6 +123,65 @@ def _merge(base: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
+def weight_option(plugin: str) -> str:
+    """The option that holds ``plugin``'s loss weight: its ``weight_option`` attribute.
+
+    Raises:
+        PluginLoadError: ``plugin`` is not installed or cannot be imported.
+        ConfigError: the plugin declares no weight option.
+    """
+    from infoshape.plugin_manager import build_plugin_manager
+
+    loaded = build_plugin_manager([plugin]).infos[plugin].plugin
+    option = getattr(loaded, "weight_option", None)
+    if not isinstance(option, str) or not option:
+        raise ConfigError(
+            f"plugin {plugin!r} declares no weight option for --coefficient",
+            expected="a plugin whose class names the option of its loss weight in "
+            'weight_option (e.g. weight_option = "beta")',
+            got=f"weight_option = {option!r}",
+            fix=f'name the option: [sweep] coefficient_option = {{{plugin} = "OPTION"}}, '
+            f"or give {plugin!r} its options in [sweep.configurations.NAME] tables",
+        )
+    return option
+
+
+def validate_cells(cells: list[Cell]) -> dict[str, Any]:
+    """Each cell's :class:`~infoshape.trainer.TrainConfig`, after checking every cell.
+
+    A cell is valid when its settings make a ``TrainConfig`` and each of its plugins loads
+    and accepts its options (:func:`infoshape.options.build_config`). Nothing is trained.
+
+    Raises:
+        ConfigError: one or more invalid cells, all of them listed.
+    """
+    from infoshape.options import build_config
+    from infoshape.plugin_manager import build_plugin_manager
+    from infoshape.trainer import TrainConfig
+
+    configs, problems, loaded = {}, {}, {}
+    for cell in cells:
+        try:
+            config = TrainConfig.from_mapping({**cell.settings, "progress": False})
+            for plugin in config.plugins:
+                if plugin not in loaded:
+                    loaded[plugin] = build_plugin_manager([plugin]).infos[plugin].plugin
+                config_cls = getattr(loaded[plugin], "Config", None)
+                build_config(plugin, config_cls, config.options.get(plugin))
+        except InfoshapeError as err:
+            problems[cell.name] = f"{type(err).__name__}: {err}".splitlines()[0]
+            continue
+        configs[cell.name] = config
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} of {len(cells)} sweep cells are invalid; nothing was trained",
+            expected="every cell's settings and plugin options valid",
+            got="; ".join(f"{name}: {problem}" for name, problem in problems.items()),
+            fix="correct the sweep's coefficients, options or plugins and run it again",
+        )
+    return configs
+
+
 @attrs.frozen(kw_only=True)
 class Cell:
     """One training run of a sweep.
@@ -146,8 +216,9 @@ class SweepConfig:
         coefficients: values of each plugin's coefficient option; empty: plugin defaults.
         configurations: named groups, name to the settings they change.
         baseline: include the base run as group ``baseline``.
-        coefficient_option: the coefficient's option name, one for all plugins or a table
-            ``{plugin: option}`` (missing plugins use ``"coefficient"``).
+        coefficient_option: the swept option's name, one for all plugins or a table
+            ``{plugin: option}``; ``None`` (and plugins missing from the table): the option
+            each plugin declares in its ``weight_option`` attribute.
         characteristics: enable the ``characteristics`` plugin in every cell.
     """
 
@@ -158,7 +229,7 @@ class SweepConfig:
     coefficients: tuple[float, ...] = ()
     configurations: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     baseline: bool = True
-    coefficient_option: str | dict[str, str] = "coefficient"
+    coefficient_option: str | dict[str, str] | None = None
     characteristics: bool = True
 
     @classmethod
@@ -188,8 +259,8 @@ class SweepConfig:
                 configurations,
                 "[sweep.configurations.dropout] model_options = {dropout = 0.5}",
             )
-        option = grid.get("coefficient_option", "coefficient")
-        if not isinstance(option, (str, Mapping)):
+        option = grid.get("coefficient_option")
+        if not isinstance(option, (str, Mapping, type(None))):
             raise _refuse("coefficient_option", "a name or a table", option, '"coefficient"')
         return cls(
             base=settings,
@@ -199,13 +270,15 @@ class SweepConfig:
             coefficients=_numbers(grid.get("coefficients", []), "coefficients", float),
             configurations={k: dict(v) for k, v in configurations.items()},
             baseline=bool(grid.get("baseline", True)),
-            coefficient_option=option if isinstance(option, str) else dict(option),
+            coefficient_option=dict(option) if isinstance(option, Mapping) else option,
             characteristics=bool(grid.get("characteristics", True)),
         )
 
     def _option(self, plugin: str) -> str:
         option = self.coefficient_option
-        return option if isinstance(option, str) else option.get(plugin, "coefficient")
+        if isinstance(option, Mapping):
+            option = option.get(plugin)
+        return option if option is not None else weight_option(plugin)
 
     def groups(self) -> list[tuple[str, dict[str, Any]]]:
         """``(group name, settings change)`` in order: baseline, configurations, plugins."""
@@ -270,137 +343,6 @@ def cell_status(cell: Cell) -> str:
 
 
 @attrs.frozen(kw_only=True)
-class Summary:
-    """Per group, mean and sample std over seeds of the test error and the characteristics.
-
-    Attributes:
-        columns: metric names; ``"test_error"`` (%) first, then characteristics
-            (``amplitude``, or ``relu5.amplitude`` when several layers are measured).
-        rows: ``(group, n_seeds, {column: (mean, std)})``; std is NaN for one seed.
-        values: ``{cell name: {column: value}}`` as read from each store.
-    """
-
-    columns: tuple[str, ...]
-    rows: tuple[tuple[str, int, dict[str, tuple[float, float]]], ...]
-    values: dict[str, dict[str, float]]
-
-    def to_markdown(self, digits: int = 4) -> str:
-        """A markdown table, ``mean ± std`` per cell."""
-
-        def cell(mean: float, std: float) -> str:
-            text = f"{mean:.{digits}g}"
-            return text if math.isnan(std) else f"{text} ± {std:.2g}"
-
-        head = ["configuration", "seeds", *self.columns]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for group, n, stats in self.rows:
-            values = [cell(*stats[c]) if c in stats else "" for c in self.columns]
-            lines.append("| " + " | ".join([group, str(n), *values]) + " |")
-        return "\n".join(lines) + "\n"
-
-    def write_csv(self, path: str | Path) -> None:
-        """``configuration, seeds, <column>_mean, <column>_std, ...`` one row per group."""
-        with Path(path).open("w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            writer.writerow(
-                [
-                    "configuration",
-                    "seeds",
-                    *(f"{c}_{s}" for c in self.columns for s in ("mean", "std")),
-                ]
-            )
-            for group, n, stats in self.rows:
-                numbers = [v for c in self.columns for v in stats.get(c, (math.nan, math.nan))]
-                writer.writerow([group, n, *(f"{v:.10g}" for v in numbers)])
-
-
-def _last_epoch_metrics(store: Path) -> dict[str, float]:
-    """``test_error`` (%) and every ``characteristics.*`` metric at the store's last epoch."""
-    import numpy as np
-
-    from infoshape.store.read import open_store
-
-    metrics = open_store(store)["metrics"].to_dataset()
-    if "epoch" not in metrics.dims or metrics.sizes["epoch"] == 0:
-        return {}
-    epochs = np.asarray(metrics["epoch"].values)
-    last = metrics.isel(epoch=np.flatnonzero(epochs == epochs.max()))  # an epoch may log twice
-
-    def value(name: str) -> float | None:
-        data = np.asarray(last[name].values, dtype=np.float64)
-        data = data[~np.isnan(data)]
-        return float(data[-1]) if data.size else None
-
-    out = {}
-    if "test.accuracy" in last and (accuracy := value("test.accuracy")) is not None:
-        out["test_error"] = 100.0 * (1.0 - accuracy)
-    for name in map(str, last.data_vars):
-        is_characteristic = name.startswith("characteristics.") and last[name].dims == ("epoch",)
-        if is_characteristic and (found := value(name)) is not None:
-            out[name.removeprefix("characteristics.")] = found
-    return out
-
-
-def _short_names(values: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Drop the layer from ``<layer>.<characteristic>`` when every store measured one layer."""
-    layers = {k.rsplit(".", 1)[0] for v in values.values() for k in v if "." in k}
-    if len(layers) != 1:
-        return values
-    return {cell: {k.rsplit(".", 1)[-1]: x for k, x in v.items()} for cell, v in values.items()}
-
-
-def summarize(out: str | Path) -> Summary:
-    """The summary of the sweep in ``out``, read from ``sweep.json`` and the complete stores.
-
-    Raises:
-        ConfigError: ``out`` holds no ``sweep.json``.
-    """
-    import numpy as np
-
-    manifest_path = Path(out) / "sweep.json"
-    if not manifest_path.is_file():
-        raise ConfigError(
-            f"no sweep in {out}",
-            expected=f"{manifest_path} (written by infoshape sweep)",
-            got="no such file",
-            fix="run the sweep first, or pass its --out folder",
-        )
-    cells = json.loads(manifest_path.read_text(encoding="utf-8"))["cells"]
-    values: dict[str, dict[str, float]] = {}
-    groups: dict[str, list[str]] = {}
-    for cell in cells:
-        store = Path(cell["store"])
-        if not store.exists() or _store_status(store) != "complete":
-            continue
-        values[cell["name"]] = _last_epoch_metrics(store)
-        groups.setdefault(cell["group"], []).append(cell["name"])
-    values = _short_names(values)
-    columns = list(dict.fromkeys(k for v in values.values() for k in v))
-    columns = (["test_error"] if "test_error" in columns else []) + sorted(
-        c for c in columns if c != "test_error"
-    )
-    rows = []
-    for group, names in groups.items():
-        stats = {}
-        for column in columns:
-            data = np.array([values[n][column] for n in names if column in values[n]])
-            if data.size:
-                std = float(data.std(ddof=1)) if data.size > 1 else math.nan
-                stats[column] = (float(data.mean()), std)
-        rows.append((group, len(names), stats))
-    return Summary(columns=tuple(columns), rows=tuple(rows), values=values)
-
-
-def _store_status(store: Path) -> str | None:
-    import zarr
-
-    try:
-        return zarr.open_group(str(store), mode="r").attrs.get("status")  # type: ignore[return-value]
-    except Exception:
-        return None
-
-
-@attrs.frozen(kw_only=True)
 class SweepResult:
     """What :func:`run_sweep` did.
 
@@ -426,16 +368,23 @@ def run_sweep(
 ) -> SweepResult:
     """Train every cell not yet complete, then write ``sweep.json`` and the summaries.
 
-    A cell that raises is reported in :attr:`SweepResult.failed` and the sweep goes on;
+    Every cell is validated first (:func:`validate_cells`): an invalid one stops the sweep
+    before anything trains. A cell that raises while training is reported in
+    :attr:`SweepResult.failed`, in ``sweep.json`` and in the summary, and the sweep goes on;
     its store is marked ``failed`` and the next run trains it again.
+
+    Raises:
+        ConfigError: an invalid cell (all of them listed), or a swept plugin without a
+            weight option.
+        PluginLoadError: a swept plugin is not installed.
     """
     from tqdm.auto import tqdm
 
-    from infoshape.trainer import TrainConfig, train
+    from infoshape.trainer import train
 
     out = Path(config.out)
     cells = config.cells()
-    configs = {c.name: TrainConfig.from_mapping({**c.settings, "progress": False}) for c in cells}
+    configs = validate_cells(cells)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "config": _plain(attrs.asdict(config)),
@@ -456,13 +405,15 @@ def run_sweep(
         say(f"{cell.name}: {'training' if status == 'missing' else status + ', training again'}")
         try:
             result = train(configs[cell.name])
-        except (InfoshapeError, RuntimeError, ValueError) as err:
+        except Exception as err:  # any failure of one cell: record it, train the others
             failed[cell.name] = f"{type(err).__name__}: {err}"
             say(f"{cell.name}: FAILED {failed[cell.name]}")
             continue
         ran.append(cell.name)
         say(f"{cell.name}: test accuracy {result.test_accuracy:.4f} ({result.elapsed_s:.1f} s)")
     bar.close()
+    manifest["failed"] = failed
+    (out / "sweep.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     summary = summarize(out)
     (out / "summary.md").write_text(summary.to_markdown(), encoding="utf-8")
     summary.write_csv(out / "summary.csv")
@@ -566,7 +517,8 @@ def add_parser(commands: Any, formatter: Any) -> None:
     add("--plugin", action="append", dest="plugins", metavar="NAME", help="a swept plugin, one "
         "group per coefficient (repeatable)")  # fmt: skip
     add("--coefficient", action="append", type=float, dest="coefficients", metavar="X",
-        help="a value of each swept plugin's coefficient option (repeatable)")  # fmt: skip
+        help="a value of each swept plugin's weight option: the one the plugin declares "
+        "(shade: beta, irnn: alpha2, cr: coefficient) (repeatable)")  # fmt: skip
     add("--seed", action="append", type=int, dest="seeds", metavar="N", help="a seed "
         "(repeatable; default 0)")  # fmt: skip
     add("--configuration", action="append", dest="configurations", metavar="NAME[:K=V;...]",

@@ -71,6 +71,7 @@ MU_FLOOR = 1e-4
 CHILD = "information_dropout"
 _POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_ACTIVATIONS = (nn.ReLU, nn.Softplus)
 
 
 def kl_log_uniform(alpha: torch.Tensor, alpha_min: float, alpha_max: float) -> torch.Tensor:
@@ -109,8 +110,9 @@ class InformationDropoutConfig:
     Attributes:
         layers: module names or globs whose outputs get the noise; ``()``: every convolution
             with a stride above 1 and every max/average pooling layer (the downsampling
-            stages of a CNN). Containers (``nn.Sequential`` ...) cannot be wrapped: name their
-            last layer.
+            stages of a CNN), or, in a model without any (an MLP: the paper's MNIST
+            networks), every ``nn.ReLU`` and ``nn.Softplus`` module (the hidden layers).
+            Containers (``nn.Sequential`` ...) cannot be wrapped: name their last layer.
         beta: β, the weight of ``Σ KL / N_train``; 3 is the paper's CIFAR-10 value, 0.5 its
             Cluttered-MNIST value.
         alpha_min: α_min, the smallest noise scale (numerical floor).
@@ -219,6 +221,7 @@ class InformationDropout:
     """Insert Information Dropout after chosen layers and add ``β·Σ KL / N_train`` to the loss."""
 
     name = "information_dropout"
+    weight_option = "beta"
     Config = InformationDropoutConfig
 
     def __init__(self) -> None:
@@ -256,10 +259,13 @@ class InformationDropout:
                     and max(m.stride) > 1
                 )
             ]
+        if not names and not self.config.layers:  # no downsampling: the hidden activations
+            names = [n for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
         if not names:
             raise ConfigError(
                 f"information_dropout found no layer to wrap in {type(model).__name__}",
-                expected="a convolution with stride > 1 or a pooling layer (the default)",
+                expected="a convolution with stride > 1, a pooling layer, or else a ReLU or "
+                "Softplus module (the default)",
                 got="none",
                 fix='name the layers: options={"information_dropout": {"layers": ["fc1"]}}',
             )

@@ -261,6 +261,7 @@ class MICE:
     """
 
     name = "mi_ce"
+    weight_option = None  # the objective's mixing is the schedule f(e), not a weight
     Config = MICEConfig
 
     def __init__(self) -> None:

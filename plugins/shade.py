@@ -26,7 +26,19 @@ details:
   moving averages of the previous steps (eq. 11 has no gradient through ``μ``: "the
   expected values are not changed by the optimization"). **Batch mean**, where the
   paper sums over the ``K`` samples: a mean keeps ``β`` independent of the batch size
-  (the paper's ``β`` equals ours divided by ``K``). Loss ``CE + β Ω``, ``β = 0.1``.
+  (eq. 1 writes the loss as an expectation over samples, so our ``β`` is the paper's ``β``
+  when its ``CE`` is a batch mean too). Loss ``CE + β Ω``.
+- Default ``β = 10⁻³``. The paper reports no chosen value, only its validation grids
+  ``{10⁻ⁱ, i = 1..7}`` (MNIST-M, App. B) and ``{1, 5}·10⁻ⁱ`` (CIFAR-10, App. A); METHODS.md's
+  ``β = 0.1`` is the grid's top. Ω sums over units, and starts near one per unit (Algorithm 1's
+  ``μ⁰ = −1``, ``μ¹ = 1`` against small pre-activations), so ``β Ω`` grows with the width:
+  on the zoo ``mlp`` (64 + 32 units, Ω ≈ 90 at step 0) ``β = 0.1`` pulls every
+  pre-activation to ``μ⁰ = −1``, all ReLUs die and accuracy falls to chance, and ``β = 10⁻²``
+  loses 16 % accuracy (digits, 5 epochs). ``10⁻³``, the largest value of the paper's grid
+  that keeps accuracy there, gives the paper's effect: the within-class variance of the
+  regularized pre-activations falls (−13 %) at equal accuracy
+  (``tests/plugins/test_defaults.py``). For wider models (a ResNet: thousands of channels)
+  scale ``β`` down in proportion to the number of units.
 
 The binary-activation experiment of §4.4 (Table 2) is the companion plugin
 ``shade_binary``: it replaces chosen ReLUs by ``ȳ⁺ 1(y ≥ ȳ⁺)``
@@ -289,7 +301,8 @@ class ShadeConfig:
     """Options of the ``shade`` plugin (defaults: METHODS.md's table).
 
     Attributes:
-        beta: weight β of Ω in ``CE + β Ω`` (Ω a batch mean, see the module docstring).
+        beta: weight β of Ω in ``CE + β Ω`` (Ω a batch mean; default 10⁻³, the module
+            docstring says why).
         layers: globs over ``model.named_modules()`` of the activation modules whose
             **input** is regularized; empty: every ``nn.ReLU`` (a functional ``F.relu`` is
             no module: give its input's producer here, or use ``nn.ReLU``).
@@ -301,7 +314,7 @@ class ShadeConfig:
             instead of their sum ``shade``.
     """
 
-    beta: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
+    beta: float = attrs.field(default=1e-3, validator=attrs.validators.ge(0))
     layers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     p_z: PZ = attrs.field(default="exp", validator=attrs.validators.in_(P_Z))
     decay: float = attrs.field(default=0.8, validator=_decay)
@@ -316,10 +329,12 @@ class Shade:
     regularized module: ``shade.<module>.mu`` and ``shade.<module>.p`` (the moving
     averages, dims ``shade_z`` × ``shade.<module>.unit``), and with a probe set
     ``shade.<module>.omega``, the layer's Ω on the probe set (eval mode) against the
-    current averages. An in-place activation (``nn.ReLU(inplace=True)``) would overwrite
-    its own input before the hook reads it: the plugin sets ``inplace=False`` on the
-    tapped modules for the session and restores it at session end.
+    current averages. An in-place activation (``nn.ReLU(inplace=True)``) needs nothing:
+    a pre-tap on an in-place module holds a copy of its true input
+    (:mod:`infoshape.capture`).
     """
+
+    weight_option = "beta"
 
     name = "shade"
     Config = ShadeConfig
@@ -330,7 +345,6 @@ class Shade:
         self.averages: dict[str, ShadeAverages] = {}
         self._modules: dict[str, str] = {}  # capture name -> module name
         self._pending: dict[str, torch.Tensor] = {}  # capture name -> batch means
-        self._inplace: list[nn.Module] = []
 
     @hookimpl
     def infoshape_configure(self, config: ShadeConfig) -> None:
@@ -342,12 +356,6 @@ class Shade:
         """The input of every ``nn.ReLU``, or of the modules named by ``layers``."""
         layers = self.config.layers
         self.taps = [Tap(g, point="pre") for g in layers] if layers else [Tap(nn.ReLU, point="pre")]
-        modules = dict(session.model.named_modules())
-        for tap in self.taps:
-            for name in tap.select(session.model):
-                if getattr(modules[name], "inplace", False) is True:
-                    modules[name].inplace = False
-                    self._inplace.append(modules[name])
         return self.taps
 
     def _layers(self, session: Any) -> dict[str, str]:
@@ -433,10 +441,7 @@ class Shade:
 
     @hookimpl
     def infoshape_session_end(self) -> None:
-        """Give the in-place flag back to the activations that had it."""
-        for module in self._inplace:
-            module.inplace = True
-        self._inplace = []
+        """Drop the pending batch means."""
         self._pending = {}
 
 

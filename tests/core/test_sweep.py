@@ -7,13 +7,14 @@ import math
 import subprocess
 import sys
 
+import attrs
 import numpy as np
 import pytest
 import zarr
 
 import infoshape
 from infoshape.errors import ConfigError
-from infoshape.sweep import SweepConfig, cell_status, run_sweep, summarize
+from infoshape.sweep import SweepConfig, cell_status, run_sweep, summarize, weight_option
 
 BASE = {
     "model": "mlp",
@@ -147,3 +148,63 @@ def test_cli_runs_a_grid_from_a_file_and_flags(tmp_path, capsys):
     assert (tmp_path / "cli" / "cells" / "bn-seed3.zarr").is_dir()
     assert main([*argv, "--summary-only"]) == 0
     assert "| baseline | 1 |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ weights and failures
+def test_coefficient_sets_each_plugins_declared_weight_option(tmp_path):
+    config = _config(tmp_path, plugins=["shade", "cr", "irnn", "information_dropout"])
+    config = attrs.evolve(config, coefficients=(0.01,))
+    options = {c.group: c.settings["options"] for c in config.cells()}
+    assert options["shade-0.01"]["shade"] == {"beta": 0.01}
+    assert options["cr-0.01"]["cr"] == {"coefficient": 0.01}
+    assert options["irnn-0.01"]["irnn"] == {"alpha2": 0.01}
+    assert options["information_dropout-0.01"]["information_dropout"] == {"beta": 0.01}
+    assert weight_option("l2w") == "coefficient"
+    # an explicit coefficient_option still wins, per plugin or for all
+    named = _config(tmp_path, plugins=["shade"], coefficients=[1], coefficient_option="decay")
+    assert named.cells()[1].settings["options"]["shade"] == {"decay": 1.0}
+    with pytest.raises(ConfigError, match="'mi_ce' declares no weight option"):
+        _config(tmp_path, plugins=["mi_ce"], coefficients=[0.1]).cells()
+
+
+def test_every_cell_is_validated_before_the_first_trains(tmp_path):
+    config = _config(tmp_path, plugins=["shade", "cr"], coefficients=[-1.0, 0.01])
+    with pytest.raises(ConfigError, match="2 of 5 sweep cells are invalid") as info:
+        run_sweep(config, progress=False, log=lambda _: None)
+    assert "shade--1-seed0" in str(info.value) and "cr--1-seed0" in str(info.value)
+    assert not (tmp_path / "sw").exists()  # nothing trained, not even the baseline
+
+
+def test_a_failing_cell_is_listed_and_the_others_train(tmp_path):
+    # valid options, but the layer does not exist: the cell fails when its session starts
+    broken = {"plugins": ["cr"], "options": {"cr": {"layers": ["no_such_layer"]}}}
+    config = _config(
+        tmp_path, plugins=["shade", "cr"], coefficients=[0.01], configurations={"broken": broken}
+    )
+    result = run_sweep(config, progress=False, log=lambda _: None)
+    assert set(result.ran) == {"baseline-seed0", "shade-0.01-seed0", "cr-0.01-seed0"}
+    assert (
+        list(result.failed) == ["broken-seed0"] and "no_such_layer" in result.failed["broken-seed0"]
+    )
+    assert [row[0] for row in result.summary.rows] == ["baseline", "shade-0.01", "cr-0.01"]
+    (name, group, status, error), = result.summary.failed  # fmt: skip
+    assert (name, group, status) == (
+        "broken-seed0",
+        "broken",
+        "failed",
+    ) and "no_such_layer" in error
+    markdown = (tmp_path / "sw" / "summary.md").read_text()
+    assert "| broken-seed0 | broken | failed |" in markdown
+    assert summarize(tmp_path / "sw").failed == result.summary.failed  # read back from sweep.json
+
+
+def test_every_first_party_penalty_plugin_declares_its_weight_option():
+    from infoshape.plugin_manager import installed_plugins
+
+    for name, ep in installed_plugins().items():
+        plugin = ep.load()
+        if not ep.value.startswith("infoshape.plugins") or not hasattr(plugin, "infoshape_penalty"):
+            continue
+        assert hasattr(plugin, "weight_option"), f"{name} declares no weight_option"
+        if plugin.weight_option is not None:  # it names a field of the plugin's Config
+            assert plugin.weight_option in attrs.fields_dict(plugin.Config), name

@@ -273,7 +273,10 @@ def test_plugin_penalty_is_the_function_on_the_last_relu(name):
     expected = f(hidden, y, 3, normalize=True) if name in CLASSWISE else f(hidden, normalize=True)
     assert metrics[f"penalty.{name}"] == pytest.approx(expected.item(), rel=1e-5)
     ce = nn.functional.cross_entropy(out, y).item()
-    assert loss.item() == pytest.approx(ce + 0.01 * expected.item(), rel=1e-5)
+    classes = {c.name: c for c in (choi_rhee.CR, choi_rhee.VR, choi_rhee.L1R, choi_rhee.RR)}
+    classes |= {c.name: c for c in (choi_rhee.CwCR, choi_rhee.CwVR, choi_rhee.CwRR)}
+    coefficient = classes[name].Config().coefficient  # each plugin's own default
+    assert loss.item() == pytest.approx(ce + coefficient * expected.item(), rel=1e-5)
 
 
 def test_plugin_several_layers_and_options():

@@ -250,10 +250,17 @@ def test_kl_map_reaches_the_store_with_its_dims(tmp_path):
     assert total == pytest.approx(32 * 4 * 4 * expected, rel=1e-5)
 
 
+def test_default_layers_of_a_model_without_downsampling_are_its_activations():
+    model = _mlp()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    with infoshape.Session(model, ["information_dropout"], n_train=4) as s:
+        assert names and sorted(s.plugins["information_dropout"].plugin.layers) == sorted(names)
+
+
 @pytest.mark.parametrize(
     ("model", "options", "fragment"),
     [
-        (_mlp, {}, "no layer to wrap"),
+        (lambda: nn.Sequential(OrderedDict(fc=nn.Linear(2, 2))), {}, "no layer to wrap"),
         (_cnn, {"layers": ["features"]}, "matches no module"),
         (
             lambda: nn.Sequential(OrderedDict(b=nn.Sequential(nn.Linear(2, 2)))),

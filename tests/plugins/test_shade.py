@@ -294,7 +294,7 @@ def test_layers_option_and_inplace_relus():
         OrderedDict(fc=nn.Linear(3, 4), act=nn.ReLU(inplace=True), out=nn.Linear(4, 2))
     )
     with infoshape.Session(model, ["shade"], {"shade": {"layers": ["act"]}}) as s:
-        assert model.act.inplace is False  # else the hook would see the ReLU's output
+        assert model.act.inplace is True  # left as it is: the pre-tap copies the input
         s.loss(s.model(torch.randn(32, 3)), torch.arange(32) % 2)
         assert float(s.captures["act_pre"].detach().min()) < 0  # the input, not the output
     assert model.act.inplace is True

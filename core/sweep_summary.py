@@ -1,0 +1,165 @@
+"""The summary of a sweep: per group, mean ± std over seeds, read back from the cells' stores.
+
+:func:`summarize` reads ``OUT/sweep.json`` (written by :func:`infoshape.sweep.run_sweep`) and
+every complete cell's store; :class:`Summary` writes ``summary.md`` and ``summary.csv`` and
+lists the cells that are not complete (failed, interrupted, missing) with their errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import attrs
+
+from infoshape.errors import ConfigError
+
+__all__ = ["Summary", "summarize"]
+
+
+@attrs.frozen(kw_only=True)
+class Summary:
+    """Per group, mean and sample std over seeds of the test error and the characteristics.
+
+    Attributes:
+        columns: metric names; ``"test_error"`` (%) first, then characteristics
+            (``amplitude``, or ``relu5.amplitude`` when several layers are measured).
+        rows: ``(group, n_seeds, {column: (mean, std)})``; std is NaN for one seed.
+        values: ``{cell name: {column: value}}`` as read from each store.
+        failed: ``(cell name, group, status, error)`` of every cell not complete:
+            ``status`` is ``"failed"`` (with the error of its last run) or the store's state
+            (``"missing"``, ``"running"`` for an interrupted run).
+    """
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, int, dict[str, tuple[float, float]]], ...]
+    values: dict[str, dict[str, float]]
+    failed: tuple[tuple[str, str, str, str], ...] = ()
+
+    def to_markdown(self, digits: int = 4) -> str:
+        """A markdown table, ``mean ± std`` per cell."""
+
+        def cell(mean: float, std: float) -> str:
+            text = f"{mean:.{digits}g}"
+            return text if math.isnan(std) else f"{text} ± {std:.2g}"
+
+        head = ["configuration", "seeds", *self.columns]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for group, n, stats in self.rows:
+            values = [cell(*stats[c]) if c in stats else "" for c in self.columns]
+            lines.append("| " + " | ".join([group, str(n), *values]) + " |")
+        if self.failed:
+            lines += ["", "failed cells (not in the table above):", ""]
+            lines += ["| cell | configuration | status | error |", "|---|---|---|---|"]
+            for name, group, status, error in self.failed:
+                error = error.replace("|", "\\|").replace("\n", " ")
+                lines.append(f"| {name} | {group} | {status} | {error} |")
+        return "\n".join(lines) + "\n"
+
+    def write_csv(self, path: str | Path) -> None:
+        """``configuration, seeds, <column>_mean, <column>_std, ...`` one row per group."""
+        with Path(path).open("w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(
+                [
+                    "configuration",
+                    "seeds",
+                    *(f"{c}_{s}" for c in self.columns for s in ("mean", "std")),
+                ]
+            )
+            for group, n, stats in self.rows:
+                numbers = [v for c in self.columns for v in stats.get(c, (math.nan, math.nan))]
+                writer.writerow([group, n, *(f"{v:.10g}" for v in numbers)])
+
+
+def _last_epoch_metrics(store: Path) -> dict[str, float]:
+    """``test_error`` (%) and every ``characteristics.*`` metric at the store's last epoch."""
+    import numpy as np
+
+    from infoshape.store.read import open_store
+
+    metrics = open_store(store)["metrics"].to_dataset()
+    if "epoch" not in metrics.dims or metrics.sizes["epoch"] == 0:
+        return {}
+    epochs = np.asarray(metrics["epoch"].values)
+    last = metrics.isel(epoch=np.flatnonzero(epochs == epochs.max()))  # an epoch may log twice
+
+    def value(name: str) -> float | None:
+        data = np.asarray(last[name].values, dtype=np.float64)
+        data = data[~np.isnan(data)]
+        return float(data[-1]) if data.size else None
+
+    out = {}
+    if "test.accuracy" in last and (accuracy := value("test.accuracy")) is not None:
+        out["test_error"] = 100.0 * (1.0 - accuracy)
+    for name in map(str, last.data_vars):
+        is_characteristic = name.startswith("characteristics.") and last[name].dims == ("epoch",)
+        if is_characteristic and (found := value(name)) is not None:
+            out[name.removeprefix("characteristics.")] = found
+    return out
+
+
+def _short_names(values: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Drop the layer from ``<layer>.<characteristic>`` when every store measured one layer."""
+    layers = {k.rsplit(".", 1)[0] for v in values.values() for k in v if "." in k}
+    if len(layers) != 1:
+        return values
+    return {cell: {k.rsplit(".", 1)[-1]: x for k, x in v.items()} for cell, v in values.items()}
+
+
+def summarize(out: str | Path) -> Summary:
+    """The summary of the sweep in ``out``, read from ``sweep.json`` and the complete stores.
+
+    Raises:
+        ConfigError: ``out`` holds no ``sweep.json``.
+    """
+    import numpy as np
+
+    manifest_path = Path(out) / "sweep.json"
+    if not manifest_path.is_file():
+        raise ConfigError(
+            f"no sweep in {out}",
+            expected=f"{manifest_path} (written by infoshape sweep)",
+            got="no such file",
+            fix="run the sweep first, or pass its --out folder",
+        )
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    cells, errors = manifest["cells"], manifest.get("failed", {})
+    values: dict[str, dict[str, float]] = {}
+    groups: dict[str, list[str]] = {}
+    failed = []
+    for cell in cells:
+        store = Path(cell["store"])
+        status = (_store_status(store) or "unreadable") if store.exists() else "missing"
+        if status != "complete":
+            error = errors.get(cell["name"], "")
+            failed.append((cell["name"], cell["group"], "failed" if error else status, error))
+            continue
+        values[cell["name"]] = _last_epoch_metrics(store)
+        groups.setdefault(cell["group"], []).append(cell["name"])
+    values = _short_names(values)
+    columns = list(dict.fromkeys(k for v in values.values() for k in v))
+    columns = (["test_error"] if "test_error" in columns else []) + sorted(
+        c for c in columns if c != "test_error"
+    )
+    rows = []
+    for group, names in groups.items():
+        stats = {}
+        for column in columns:
+            data = np.array([values[n][column] for n in names if column in values[n]])
+            if data.size:
+                std = float(data.std(ddof=1)) if data.size > 1 else math.nan
+                stats[column] = (float(data.mean()), std)
+        rows.append((group, len(names), stats))
+    return Summary(columns=tuple(columns), rows=tuple(rows), values=values, failed=tuple(failed))
+
+
+def _store_status(store: Path) -> str | None:
+    import zarr
+
+    try:
+        return zarr.open_group(str(store), mode="r").attrs.get("status")  # type: ignore[return-value]
+    except Exception:
+        return None
