@@ -19,6 +19,7 @@ __all__ = [
     "one_hot",
     "paired_labels",
     "pairwise_sq_distances",
+    "require_class_labels",
     "require_finite",
 ]
 
@@ -85,6 +86,31 @@ def require_finite(x: torch.Tensor, who: str, what: str = "input") -> torch.Tens
         ),
         fix="drop or repair those samples first (a diverged run stores NaN activations)",
     )
+
+
+def require_class_labels(labels: torch.Tensor, n_classes: int, who: str, fix: str) -> None:
+    """Refuse labels outside ``[0, n_classes)`` without reading them back in the step.
+
+    The check is ``torch._assert_async`` on the labels' min and max: on the CPU it fails at
+    once and the message names the range found; on an accelerator it is queued with the
+    step's kernels (no host sync) and a bad label fails the device's next sync (a
+    device-side assert, whose message is the device's own).
+
+    Raises:
+        ConfigError: (on the CPU) a label is out of range, with the range found.
+    """
+    if labels.numel() == 0:
+        return
+    low, high = torch.aminmax(labels)
+    try:
+        torch._assert_async((low >= 0) & (high < n_classes), f"{who}: a label is out of range")
+    except RuntimeError:
+        raise ConfigError(
+            f"{who}: a label is out of range",
+            expected=f"labels in [0, {n_classes - 1}]",
+            got=f"labels in [{int(low)}, {int(high)}]",
+            fix=fix,
+        ) from None
 
 
 def paired_labels(z: torch.Tensor, labels, who: str) -> torch.Tensor:

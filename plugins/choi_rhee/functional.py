@@ -45,7 +45,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from infoshape.errors import ConfigError
-from infoshape.linalg import nonempty_samples, paired_labels
+from infoshape.linalg import nonempty_samples, paired_labels, require_class_labels
 
 __all__ = ["cr", "cw_cr", "cw_rr", "cw_vr", "l1r", "rr", "vr"]
 
@@ -80,15 +80,19 @@ def _onehot(x: torch.Tensor, labels, n_classes: int, who: str) -> torch.Tensor:
             got=repr(n_classes),
             fix="pass the task's number of classes (the model's output width)",
         )
-    bad_type = labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
-    low, high = (0, 0) if bad_type else torch.stack(torch.aminmax(labels)).tolist()
-    if bad_type or low < 0 or high >= n_classes:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ConfigError(
             f"{who}: labels must be class indices in [0, n_classes)",
             expected=f"integer labels in [0, {n_classes - 1}]",
-            got=f"{labels.dtype} labels in [{labels.min().item()}, {labels.max().item()}]",
+            got=f"{labels.dtype} labels",
             fix="pass the batch's integer class labels and the number of classes",
         )
+    require_class_labels(
+        labels,
+        n_classes,
+        who,
+        fix="pass the batch's integer class labels and the number of classes",
+    )
     onehot = labels[:, None] == torch.arange(n_classes, device=x.device)
     return onehot[:, onehot.any(0)].to(x.dtype)
 
