@@ -107,7 +107,7 @@ def require_class_labels(labels: torch.Tensor, n_classes: int, who: str, fix: st
     except RuntimeError:
         raise ConfigError(
             f"{who}: a label is out of range",
-            expected=f"labels in [0, {n_classes - 1}]",
+            expected=f"class indices in [0, {n_classes - 1}]",
             got=f"labels in [{int(low)}, {int(high)}]",
             fix=fix,
         ) from None
