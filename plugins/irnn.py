@@ -46,7 +46,7 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
-from infoshape.linalg import require_class_labels
+from infoshape.linalg import full_precision, require_class_labels
 from infoshape.objective import Penalty
 
 __all__ = [
@@ -116,6 +116,7 @@ def _checked_targets(targets: torch.Tensor, n_classes: int, n: int) -> torch.Ten
     return targets.long()
 
 
+@full_precision
 def logit_penalty(
     weight: torch.Tensor, features: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:

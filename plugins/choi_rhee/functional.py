@@ -45,7 +45,12 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from infoshape.errors import ConfigError
-from infoshape.linalg import nonempty_samples, paired_labels, require_class_labels
+from infoshape.linalg import (
+    full_precision,
+    nonempty_samples,
+    paired_labels,
+    require_class_labels,
+)
 
 __all__ = ["cr", "cw_cr", "cw_rr", "cw_vr", "l1r", "rr", "vr"]
 
@@ -312,18 +317,21 @@ def _pairs(u: int) -> int:
 
 
 # ------------------------------------------------------------------ the regularizers
+@full_precision
 def cr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """CR (DeCov): ``½(‖C‖_F² − ‖diag C‖²)`` of the batch covariance; ``/ (u(u−1)/2)``."""
     x = _samples(z, "cr", channels)
     return _total(_covariance_total(x, None), _pairs(x.shape[1]), normalize)
 
 
+@full_precision
 def vr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """VR: ``Σ_i Var(z_i)``, population variances over the batch; normalized ``/ u``."""
     x = _samples(z, "vr", channels)
     return _total(_variance_total(x, None), x.shape[1], normalize)
 
 
+@full_precision
 def l1r(
     z: torch.Tensor,
     normalize: bool = False,
@@ -345,12 +353,14 @@ def l1r(
     return total / x.shape[1] if normalize else total
 
 
+@full_precision
 def rr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """RR: the Hölder bound ``‖Z‖_F²/(‖Z‖₁‖Z‖_∞)`` on the stable rank (eq. 9); ``/ u``."""
     x = _samples(z, "rr", channels)
     return _total(_rank_terms(x, None).sum(), x.shape[1], normalize)
 
 
+@full_precision
 def cw_cr(
     z: torch.Tensor,
     labels: torch.Tensor,
@@ -365,6 +375,7 @@ def cw_cr(
     return _total(total, n_classes * _pairs(x.shape[1]), normalize)
 
 
+@full_precision
 def cw_vr(
     z: torch.Tensor,
     labels: torch.Tensor,
@@ -379,6 +390,7 @@ def cw_vr(
     return _total(total, n_classes * x.shape[1], normalize)
 
 
+@full_precision
 def cw_rr(
     z: torch.Tensor,
     labels: torch.Tensor,
