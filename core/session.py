@@ -443,7 +443,12 @@ class Session:
                 fix="skip empty batches (DataLoader(drop_last=True) avoids a short last one)",
             )
         assert self._capture is not None
-        missing = [r for r in self._capture.resolved if r.name not in self._capture.tensors]
+        tensors = self._capture.tensors
+        missing = [
+            r
+            for r in self._capture.resolved
+            if any(n not in tensors for n in self._capture.names(r))
+        ]
         if missing and self._capture.tensors:  # the model ran, but some tapped module did not
             self._raise_not_called(missing, "the training forward pass")
 
@@ -541,7 +546,11 @@ class Session:
     def _report_nonfinite_step(self, step: int, names: list[str], values: dict) -> None:
         """Raise or warn (``on_nonfinite``) for the first step with NaN/Inf values."""
         assert self._capture is not None
-        where = {r.name: f"tap {r.name!r} ({r.module}, {r.point})" for r in self._capture.resolved}
+        where = {
+            name: f"tap {name!r} ({r.module}, {r.point})"
+            for r in self._capture.resolved
+            for name in self._capture.names(r)
+        }
         parts, got = [], []
         order = {FINITE: 0, "penalty.": 1, "loss.objective": 2, "loss": 3}
         names = sorted(names, key=lambda n: next(v for k, v in order.items() if n.startswith(k)))
@@ -568,9 +577,10 @@ class Session:
     def _store_stream(self, captures, targets, index) -> None:
         assert self._capture is not None and self._store is not None
         taps = {
-            r.name: r
+            name: r
             for r in self._capture.resolved
             if r.tap.store_mode in ("stream", "both") and self.step % r.tap.stream_every == 0
+            for name in self._capture.names(r)
         }
         if not taps:
             return
@@ -603,15 +613,20 @@ class Session:
             captures, outputs = run_probe(
                 self.module, self._capture, probe_set, self.probe_batch_size
             )
-            missing = [r for r in self._capture.resolved if r.name not in captures]
+            missing = [
+                r
+                for r in self._capture.resolved
+                if any(n not in captures for n in self._capture.names(r))
+            ]
             if missing:
                 self._raise_not_called(missing, "the probe pass")
             targets = probe_set.y
             if self._store is not None:
                 stored = {
-                    r.name: (r.module, r.point)
+                    name: (r.module, r.point)
                     for r in self._capture.resolved
                     if r.tap.store_mode in ("probe", "both")
+                    for name in self._capture.names(r)
                 }
                 if stored:
                     self._store.write_probe(

@@ -74,8 +74,10 @@ def _samples(z: torch.Tensor, who: str, channels: bool = False) -> torch.Tensor:
 def _onehot(x: torch.Tensor, labels, n_classes: int, who: str) -> torch.Tensor:
     """The labels of ``x``'s ``N`` samples as a one-hot ``(N, K)`` float matrix.
 
-    Columns are the ``K ≤ min(N, n_classes)`` classes present in the batch (absent classes
-    add nothing to any penalty), so per-class tensors stay as small as the batch.
+    ``K = min(N, n_classes)`` columns: the classes present in the batch, in class order,
+    then empty columns (an empty group adds nothing to any penalty). Per-class tensors stay
+    as small as the batch, and the shape depends on no value: no host sync, no graph break
+    under ``torch.compile``.
     """
     labels = paired_labels(x, labels, who)
     if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 1:
@@ -98,8 +100,9 @@ def _onehot(x: torch.Tensor, labels, n_classes: int, who: str) -> torch.Tensor:
         who,
         fix="pass the batch's integer class labels and the number of classes",
     )
-    onehot = labels[:, None] == torch.arange(n_classes, device=x.device)
-    return onehot[:, onehot.any(0)].to(x.dtype)
+    present = (labels[:, None] == torch.arange(n_classes, device=x.device)).any(0)
+    slot = (present.cumsum(0) - 1)[labels]  # the rank of each label's class among those present
+    return torch.nn.functional.one_hot(slot, min(len(labels), n_classes)).to(x.dtype)
 
 
 def _counts(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
@@ -270,7 +273,9 @@ def _covariance_total(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Ten
     ``u × u`` products, no copy of the map). Otherwise the rows ``(N·P, u)`` are centred
     per group; with fewer rows ``m`` than units, ``‖C_k‖_F²`` comes from the ``m × m`` Gram
     matrix restricted to same-group pairs (``Σ_{a,b∈k} (z_c^a·z_c^b)²/n_k²``), otherwise
-    each group's covariance is formed.
+    each group's covariance is formed from its own rows. Selecting a group's rows has a
+    data-dependent shape (a host sync on an accelerator, a graph break under
+    ``torch.compile``), so there the Gram form is used whatever the shape.
     """
     u = x.shape[1]
     if x.shape[2] > 1 and u <= x.shape[2]:
@@ -278,7 +283,8 @@ def _covariance_total(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Ten
         return torch.triu(cov, diagonal=1).square().sum()
     rows, onehot = _flat_rows(x, onehot)
     counts = _counts(rows[:, :, None], onehot)
-    if len(rows) < u:
+    on_host = rows.device.type == "cpu" and not torch.compiler.is_compiling()
+    if len(rows) < u or (onehot is not None and not on_host):
         return _GramCovariance.apply(rows, onehot, counts)
     counts = counts.clamp_min(1)  # each group's covariance: exact off-diagonal sum
     centered = rows - _per_sample(_by_group(rows, onehot) / counts[:, None], onehot, len(rows))
