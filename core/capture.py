@@ -83,6 +83,12 @@ class Tap:
             projection.
         stream_dtype: storage dtype of streamed batches (``"float32"`` or ``"float16"``).
         stream_seed: seed of the reservoir and of the projection matrix.
+        call: which call of a module that runs more than once per forward pass to keep
+            (torchvision's ResNet blocks call one ``relu`` twice; a transformer may reuse a
+            module across positions). ``None`` (default): every call, each its own
+            capture: ``"<name>#0"``, ``"<name>#1"``, ... in call order, once a second call
+            is seen (a module called once keeps the plain ``"<name>"``). An int ``k``: only
+            the ``k``-th call (0-based), under the plain name.
 
     The budget is applied in the order every → pool → project → dtype → reservoir and
     recorded in the stored variable's attrs (see :mod:`infoshape.store.budget`).
@@ -104,6 +110,12 @@ class Tap:
         default="float32", validator=attrs.validators.in_(("float32", "float16"))
     )
     stream_seed: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
+    call: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(
+            attrs.validators.and_(attrs.validators.instance_of(int), attrs.validators.ge(0))
+        ),
+    )
 
     @property
     def store_mode(self) -> StoreMode | None:
@@ -188,8 +200,10 @@ class Capture:
         self.model = model
         self.on_nonfinite = on_nonfinite
         self.resolved: list[_Resolved] = []
-        self.names_of: dict[Tap, list[str]] = {}
+        self._names_of: dict[Tap, list[str]] = {}
         self._tensors: dict[str, torch.Tensor] = {}
+        self._calls: dict[str, int] = {}  # calls of each capture's module since clear()
+        self._per_forward: dict[str, int] = {}  # most calls seen in one forward pass
         self._unchecked: list[_Resolved] = []  # captured inside torch.compile: checked on read
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         for tap in dict.fromkeys(taps):  # same tap from two plugins: one capture
@@ -215,7 +229,23 @@ class Capture:
             else:
                 self.resolved.append(_Resolved(name, module, tap.point, tap))
             names.append(name)
-        self.names_of[tap] = names
+        self._names_of[tap] = names
+
+    @property
+    def names_of(self) -> dict[Tap, list[str]]:
+        """Each tap's capture names: one per matched module, ``#i`` per call when repeated."""
+        by_name = {r.name: r for r in self.resolved}
+        return {
+            tap: [n for name in names for n in self.names(by_name[name])]
+            for tap, names in self._names_of.items()
+        }
+
+    def names(self, r: _Resolved) -> list[str]:
+        """The capture names of one resolved tap: ``[name]``, or ``name#i`` for each call."""
+        calls = self._per_forward.get(r.name, 1)
+        if r.tap.call is not None or calls == 1:
+            return [r.name]
+        return [f"{r.name}#{i}" for i in range(calls)]
 
     @property
     def tensors(self) -> Mapping[str, torch.Tensor]:
@@ -235,6 +265,7 @@ class Capture:
         """Forget the captured tensors (and so free their graphs)."""
         self._tensors = {}
         self._unchecked = []
+        self._calls = {}
 
     def attach(self) -> Capture:
         """Register one forward hook per tapped module."""
@@ -296,6 +327,9 @@ class Capture:
                         got=type(value).__name__,
                         fix="tap the other point or a sub-module that returns a tensor",
                     )
+                key = self._key(r)
+                if key is None:
+                    continue
                 if clone:
                     tensor = tensor.clone()
                 if self.on_nonfinite != "ignore":
@@ -303,9 +337,26 @@ class Capture:
                         self._unchecked.append(r)
                     else:
                         self._check_finite(r, tensor)
-                self._tensors[r.name] = tensor
+                self._tensors[key] = tensor
 
         return hook
+
+    def _key(self, r: _Resolved) -> str | None:
+        """The capture name of this call of ``r``'s module (None: a call not kept).
+
+        Counts the module's calls since :meth:`clear`. At a second call of a module seen
+        once so far, the first call's capture is renamed ``#0``.
+        """
+        i = self._calls.get(r.name, 0)
+        self._calls[r.name] = i + 1
+        if r.tap.call is not None:
+            return r.name if i == r.tap.call else None
+        seen = self._per_forward.get(r.name, 1)
+        if i + 1 > seen:
+            self._per_forward[r.name] = i + 1
+            if seen == 1 and r.name in self._tensors:
+                self._tensors[f"{r.name}#0"] = self._tensors.pop(r.name)
+        return r.name if self._per_forward.get(r.name, 1) == 1 else f"{r.name}#{i}"
 
     def _check_finite(self, r: _Resolved, tensor: torch.Tensor) -> None:
         if not tensor.is_floating_point() or _all_finite(tensor):

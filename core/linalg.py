@@ -6,7 +6,10 @@ One implementation each, so every plugin computes distances the same way
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -15,12 +18,51 @@ from infoshape.errors import ConfigError, NonFiniteError
 __all__ = [
     "as_samples",
     "class_conditional",
+    "full_precision",
     "nonempty_samples",
     "one_hot",
     "paired_labels",
     "pairwise_sq_distances",
+    "require_class_labels",
     "require_finite",
 ]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def full_precision(function: F) -> F:
+    """Run ``function`` outside ``torch.autocast``, its half-precision tensors as float32.
+
+    Under autocast, matrix products run in float16/bfloat16 whatever their inputs: Gram
+    matrices, covariances and exponentials then lose most of their digits (bfloat16 keeps
+    8 bits) or overflow (float16 ends at 65504), and a product of a float32 and a
+    half-precision operand made by a custom backward fails. Penalties and estimators wrap
+    their math in this: autocast is switched off on the devices of the tensor arguments,
+    and float16/bfloat16 tensor arguments are upcast to float32 (float32 and float64 are
+    kept). Gradients flow back through the upcast to the half-precision activations.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+        devices = {t.device.type for t in tensors}
+        with contextlib.ExitStack() as stack:
+            for device in devices:
+                if torch.is_autocast_enabled(device):
+                    stack.enter_context(torch.autocast(device, enabled=False))
+            args = tuple(_widened(v) for v in args)
+            kwargs = {k: _widened(v) for k, v in kwargs.items()}
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _widened(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.dtype in _HALF:
+        return value.float()
+    return value
 
 
 def as_samples(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -85,6 +127,31 @@ def require_finite(x: torch.Tensor, who: str, what: str = "input") -> torch.Tens
         ),
         fix="drop or repair those samples first (a diverged run stores NaN activations)",
     )
+
+
+def require_class_labels(labels: torch.Tensor, n_classes: int, who: str, fix: str) -> None:
+    """Refuse labels outside ``[0, n_classes)`` without reading them back in the step.
+
+    The check is ``torch._assert_async`` on the labels' min and max: on the CPU it fails at
+    once and the message names the range found; on an accelerator it is queued with the
+    step's kernels (no host sync) and a bad label fails the device's next sync (a
+    device-side assert, whose message is the device's own).
+
+    Raises:
+        ConfigError: (on the CPU) a label is out of range, with the range found.
+    """
+    if labels.numel() == 0:
+        return
+    low, high = torch.aminmax(labels)
+    try:
+        torch._assert_async((low >= 0) & (high < n_classes), f"{who}: a label is out of range")
+    except RuntimeError:
+        raise ConfigError(
+            f"{who}: a label is out of range",
+            expected=f"class indices in [0, {n_classes - 1}]",
+            got=f"labels in [{int(low)}, {int(high)}]",
+            fix=fix,
+        ) from None
 
 
 def paired_labels(z: torch.Tensor, labels, who: str) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from infoshape.errors import ConfigError
+from infoshape.linalg import require_class_labels
 
 __all__ = ["Penalty", "cross_entropy"]
 
@@ -62,12 +63,10 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             got=f"targets of shape {tuple(targets.shape)}",
             fix="pass one integer label per sample",
         )
-    low, high = torch.stack(torch.aminmax(targets)).tolist() if targets.numel() else (0, 0)
-    if low < 0 or high >= outputs.shape[1]:  # one reduction and one device sync
-        raise ConfigError(
-            "a label is out of range",
-            expected=f"labels in [0, {outputs.shape[1] - 1}]",
-            got=f"labels in [{low}, {high}]",
-            fix="check the data set's number of classes against the model's output size",
-        )
+    require_class_labels(
+        targets,
+        outputs.shape[1],
+        "the default objective (cross-entropy)",
+        fix="check the data set's number of classes against the model's output size",
+    )
     return F.cross_entropy(outputs, targets)

@@ -39,6 +39,7 @@ from infoshape.errors import (
     PluginLoadError,
     report_nonfinite,
 )
+from infoshape.metrics import FINITE, StepMetrics, capture_sums, first_nonfinite, visible
 from infoshape.objective import Penalty, cross_entropy
 from infoshape.options import build_config, config_as_dict
 from infoshape.plugin_manager import PluginInfo, PluginManager, build_plugin_manager
@@ -66,10 +67,20 @@ class Session:
         taps: extra taps requested by the user (e.g. to store a layer), besides the plugins'.
         seed: the run's seed, recorded in the manifest (the session does not seed torch).
         on_nonfinite: NaN/Inf in captures, penalties and the loss: ``"raise"`` (stop with
-            the step, the penalty and its plugin named), ``"warn"``, ``"ignore"``, or
-            ``"skip"``: leave a non-finite penalty out of that step's loss with a warning
-            (and count it in the metric ``nonfinite.skipped``); a non-finite objective
-            still raises.
+            the first step, the tap or the penalty and its plugin named), ``"warn"``,
+            ``"ignore"``, or ``"skip"``: leave a non-finite penalty out of that step's loss
+            with a warning (and count it in the metric ``nonfinite.skipped``); a
+            non-finite objective still raises.
+        log_every: steps whose metrics are held on the device before they are read back
+            to the host in one copy and written to the sinks, one row per step (also at
+            epoch end and close). No value is read back inside a step, so a GPU's queue
+            never stalls for them. The finite checks (``on_nonfinite``) run on those
+            values then, naming the first step that failed.
+        check_every: ``1`` checks captures, penalties and the loss in every step, before
+            :meth:`loss` returns, and stops at once (one host sync per step: on a GPU this
+            costs the queue's depth in every step); ``None`` (default) checks at each
+            ``log_every`` flush. ``on_nonfinite="skip"`` needs the value in the step, so
+            it always checks every step.
         overwrite: replace an existing store at ``store``.
         resume: a :meth:`state_dict` (from a checkpoint) to continue from: the store at
             ``store`` is reopened for appending (rows of later epochs/steps, e.g. a killed
@@ -111,6 +122,8 @@ class Session:
         sinks: Iterable[MetricSink] = (),
         resume: Mapping[str, Any] | None = None,
         store_options: Mapping[str, Any] | None = None,
+        log_every: int = 50,
+        check_every: Literal[1] | None = None,
     ) -> None:
         if on_nonfinite not in ("raise", "warn", "ignore", "skip"):
             raise ConfigError(
@@ -118,6 +131,20 @@ class Session:
                 expected='"raise", "warn", "ignore" or "skip"',
                 got=repr(on_nonfinite),
                 fix='on_nonfinite="skip" leaves non-finite penalties out of the loss',
+            )
+        if not isinstance(log_every, int) or isinstance(log_every, bool) or log_every < 1:
+            raise ConfigError(
+                "log_every must be a positive number of steps",
+                expected="an int >= 1 (default 50)",
+                got=repr(log_every),
+                fix="log_every=50 reads step metrics back every 50 steps",
+            )
+        if check_every not in (None, 1):
+            raise ConfigError(
+                "check_every is 1 or None",
+                expected="1 (check every step, one host sync each) or None (at each flush)",
+                got=repr(check_every),
+                fix="use log_every to read values back more often",
             )
         self.n_train = n_train
         self.seed = seed
@@ -136,6 +163,10 @@ class Session:
         self._sinks: list[MetricSink] = list(sinks)
         self._store: RunStore | None = None
         self._pending: dict[str, torch.Tensor] = {}
+        self._steps = StepMetrics(log_every)
+        # checks in the step itself (a host sync each): asked for, or needed by "skip"
+        self._check_in_step = check_every == 1 or on_nonfinite == "skip"
+        self._penalty_plugins: dict[str, str] = {}  # penalty metric -> its plugin
         self._logged: dict[str, dict[str, Any]] = {stage: {} for stage in STAGES}
         self._last: tuple[Mapping[str, torch.Tensor], Any, Any, Any] | None = None
         try:
@@ -166,6 +197,8 @@ class Session:
         for name, result in self._call_each("infoshape_taps"):
             taps.extend(self._checked_list(name, "infoshape_taps", result, Tap))
         policy = "warn" if self.on_nonfinite == "skip" else self.on_nonfinite
+        if not self._check_in_step:  # captures are checked by their sums at the flush
+            policy = "ignore"
         self._capture = Capture(self.module, taps, on_nonfinite=policy).attach()
         if store is not None:  # before the sinks hook, so sinks can sit beside the store
             self._store = RunStore(
@@ -387,9 +420,13 @@ class Session:
                     (plugin, f"penalty.{penalty.name}", penalty.weight * value.reshape(()))
                 )
                 self._pending[f"penalty.{penalty.name}"] = value.detach().reshape(())
+                self._penalty_plugins[f"penalty.{penalty.name}"] = plugin
         total = base + sum(term for _, _, term in terms) if terms else base
-        if self.on_nonfinite != "ignore" and not math.isfinite(total.detach().item()):  # one sync
-            total = self._nonfinite_loss(base, terms)
+        if self.on_nonfinite != "ignore":
+            if self._check_in_step and not math.isfinite(total.detach().item()):  # one sync
+                total = self._nonfinite_loss(base, terms)
+            elif not self._check_in_step:  # checked at the flush, by their sums
+                self._pending.update(capture_sums(captures))
         self._pending["loss"] = total.detach()
         self._last = (captures, outputs, targets, index)
         return total
@@ -406,7 +443,12 @@ class Session:
                 fix="skip empty batches (DataLoader(drop_last=True) avoids a short last one)",
             )
         assert self._capture is not None
-        missing = [r for r in self._capture.resolved if r.name not in self._capture.tensors]
+        tensors = self._capture.tensors
+        missing = [
+            r
+            for r in self._capture.resolved
+            if any(n not in tensors for n in self._capture.names(r))
+        ]
         if missing and self._capture.tensors:  # the model ran, but some tapped module did not
             self._raise_not_called(missing, "the training forward pass")
 
@@ -450,9 +492,13 @@ class Session:
         return base + sum(kept) if kept else base
 
     def step_end(self) -> None:
-        """Close a training step: emit its metrics, store streamed taps, run ``step_end`` hooks."""
+        """Close a training step: keep its metrics, store streamed taps, run ``step_end`` hooks.
+
+        The step's metrics stay on the device; every ``log_every`` steps they are read
+        back in one copy and written to the sinks, one row per step (:meth:`flush_steps`).
+        """
         self._require_open()
-        metrics: dict[str, Any] = {k: float(v) for k, v in self._pending.items()}
+        metrics: dict[str, Any] = dict(self._pending)
         if self._last is not None:
             captures, outputs, targets, index = self._last
             detached = {k: v.detach() for k, v in captures.items()}
@@ -466,7 +512,7 @@ class Session:
                 metrics.update(self._checked_metrics(plugin, result))
             if self._store is not None:
                 self._store_stream(detached, targets, index)
-        self._emit({**self._logged["step"], **metrics}, stage="step")
+        self._steps.add(self.step, {**self._logged["step"], **metrics})
         self._logged["step"] = {}
         self._call_each("infoshape_step_end", step=self.step)
         self._pending = {}
@@ -474,13 +520,67 @@ class Session:
         if self._capture is not None:
             self._capture.clear()
         self.step += 1
+        if self._steps.full:
+            self.flush_steps()
+
+    def flush_steps(self) -> None:
+        """Read the held step metrics back (one copy), check them, write them to the sinks.
+
+        Called every ``log_every`` steps, at epoch end and at close. Rows are written in
+        step order; with ``on_nonfinite="raise"`` the rows before the first step holding
+        a non-finite loss, penalty or capture are written, then :class:`NonFiniteError`
+        names that step and what failed.
+        """
+        rows = self._steps.drain()
+        bad = None
+        if self.on_nonfinite != "ignore" and not self._check_in_step:
+            bad = first_nonfinite(rows)
+        stop = len(rows)
+        if bad is not None and self.on_nonfinite == "raise":
+            stop = next(i for i, (index, _) in enumerate(rows) if index == bad[0])
+        for index, row in rows[:stop]:
+            self._emit(visible(row), stage="step", index=index)
+        if bad is not None:
+            self._report_nonfinite_step(*bad)
+
+    def _report_nonfinite_step(self, step: int, names: list[str], values: dict) -> None:
+        """Raise or warn (``on_nonfinite``) for the first step with NaN/Inf values."""
+        assert self._capture is not None
+        where = {
+            name: f"tap {name!r} ({r.module}, {r.point})"
+            for r in self._capture.resolved
+            for name in self._capture.names(r)
+        }
+        parts, got = [], []
+        order = {FINITE: 0, "penalty.": 1, "loss.objective": 2, "loss": 3}
+        names = sorted(names, key=lambda n: next(v for k, v in order.items() if n.startswith(k)))
+        if len(names) > 1 and names[-1] == "loss":  # the total adds nothing to its parts
+            names = names[:-1]
+        for name in names:
+            if name.startswith(FINITE):
+                capture = name.removeprefix(FINITE)
+                parts.append(where.get(capture, f"capture {capture!r}"))
+                got.append(f"{capture} holds NaN/Inf")
+            else:
+                plugin = self._penalty_plugins.get(name)
+                parts.append(f"{name} of plugin {plugin!r}" if plugin else name)
+                got.append(f"{name}={values[name]}")
+        report_nonfinite(
+            self.on_nonfinite,
+            f"non-finite values at step {step}: {'; '.join(parts)}",
+            expected="finite activations, a finite objective and finite penalties",
+            got=", ".join(got),
+            fix="lower the learning rate or the penalty weight; check_every=1 stops in the "
+            "step itself, on_nonfinite='warn' continues",
+        )
 
     def _store_stream(self, captures, targets, index) -> None:
         assert self._capture is not None and self._store is not None
         taps = {
-            r.name: r
+            name: r
             for r in self._capture.resolved
             if r.tap.store_mode in ("stream", "both") and self.step % r.tap.stream_every == 0
+            for name in self._capture.names(r)
         }
         if not taps:
             return
@@ -504,6 +604,7 @@ class Session:
         """
         self._require_open()
         assert self._capture is not None
+        self.flush_steps()
         metrics: dict[str, Any] = {}
         captures: Mapping[str, torch.Tensor] = {}
         outputs = targets = None
@@ -512,15 +613,20 @@ class Session:
             captures, outputs = run_probe(
                 self.module, self._capture, probe_set, self.probe_batch_size
             )
-            missing = [r for r in self._capture.resolved if r.name not in captures]
+            missing = [
+                r
+                for r in self._capture.resolved
+                if any(n not in captures for n in self._capture.names(r))
+            ]
             if missing:
                 self._raise_not_called(missing, "the probe pass")
             targets = probe_set.y
             if self._store is not None:
                 stored = {
-                    r.name: (r.module, r.point)
+                    name: (r.module, r.point)
                     for r in self._capture.resolved
                     if r.tap.store_mode in ("probe", "both")
+                    for name in self._capture.names(r)
                 }
                 if stored:
                     self._store.write_probe(
@@ -633,11 +739,12 @@ class Session:
             raise ConfigError("unknown metric stage", expected=" or ".join(STAGES), got=repr(stage))
         self._logged[stage].update(metrics)
 
-    def _emit(self, metrics: Mapping[str, Any], stage: Stage) -> None:
+    def _emit(self, metrics: Mapping[str, Any], stage: Stage, index: int | None = None) -> None:
         """Reduce ``metrics`` across ranks and write them to every sink as one row."""
         if not metrics:
             return
-        index = self.step if stage == "step" else self.epoch
+        if index is None:
+            index = self.step if stage == "step" else self.epoch
         ops = {n: v.op for n, v in metrics.items() if isinstance(v, distributed.Reduced)}
         plain = {
             name: _plain(value.value if isinstance(value, distributed.Reduced) else value)
@@ -649,7 +756,12 @@ class Session:
             sink.write(stage, index, plain)
 
     def flush(self) -> None:
-        """Block until everything sent to the store is written (re-raising writer errors)."""
+        """Write the held step metrics, then block until the store has written everything.
+
+        Writer errors are re-raised.
+        """
+        if not self.closed:
+            self.flush_steps()
         if self._store is not None:
             self._store.flush()
 
@@ -665,7 +777,7 @@ class Session:
         self.closed = True
         errors: list[BaseException] = []
         store = self._store
-        steps: list[Callable[[], object]] = []
+        steps: list[Callable[[], object]] = [self.flush_steps]  # the steps still held
         if status == "complete":  # metrics logged after the last step_end / epoch_end
             steps += [functools.partial(self._emit, self._logged[st], st) for st in STAGES]
         steps.append(lambda: self._call_each("infoshape_session_end"))

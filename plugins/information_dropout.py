@@ -52,6 +52,7 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
+from infoshape.linalg import full_precision
 from infoshape.objective import Penalty
 from infoshape.store.layout import tap_dims
 
@@ -74,6 +75,7 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ACTIVATIONS = (nn.ReLU, nn.Softplus)
 
 
+@full_precision
 def kl_log_uniform(alpha: torch.Tensor, alpha_min: float, alpha_max: float) -> torch.Tensor:
     """Per-unit KL against the log-uniform prior (ReLU; Prop. 1, eq. 3): ``−log(α/(α_max+α_min))``.
 
@@ -82,6 +84,7 @@ def kl_log_uniform(alpha: torch.Tensor, alpha_min: float, alpha_max: float) -> t
     return -torch.log(alpha / (alpha_max + alpha_min))
 
 
+@full_precision
 def kl_log_normal(
     alpha: torch.Tensor, mu: torch.Tensor, prior_mu: Any, prior_sigma: Any
 ) -> torch.Tensor:

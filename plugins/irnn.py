@@ -46,6 +46,7 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
+from infoshape.linalg import full_precision, require_class_labels
 from infoshape.objective import Penalty
 
 __all__ = [
@@ -105,17 +106,17 @@ def _checked_targets(targets: torch.Tensor, n_classes: int, n: int) -> torch.Ten
             got=f"{targets.shape[0]} labels",
             fix="pass the labels of the same batch",
         )
-    low, high = torch.stack(torch.aminmax(targets)).tolist() if n else (0, 0)
-    if low < 0 or high >= n_classes:
-        raise ConfigError(
-            "irnn: a label is out of range",
-            expected=f"labels in [0, {n_classes - 1}] (one row of W per class)",
-            got=f"labels in [{low}, {high}]",
-            fix="check the data set's number of classes against the classifier's outputs",
-        )
+    require_class_labels(
+        targets,
+        n_classes,
+        "irnn",
+        fix="check the data set's number of classes against the classifier's outputs "
+        "(one row of W per class)",
+    )
     return targets.long()
 
 
+@full_precision
 def logit_penalty(
     weight: torch.Tensor, features: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:

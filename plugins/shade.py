@@ -61,6 +61,7 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
+from infoshape.linalg import full_precision
 from infoshape.objective import Penalty
 
 __all__ = [
@@ -191,6 +192,7 @@ class _Omega(torch.autograd.Function):
         return g, None, None, None
 
 
+@full_precision
 def _omega(
     y: torch.Tensor, mu: torch.Tensor, p_z: PZ, channel_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,13 +226,18 @@ class ShadeAverages:
     Args:
         units: number of units (features or channels).
         decay: λ of Algorithm 1.
-        device: where the averages live.
+        device: where the averages live (the layer's device).
+        dtype: their dtype: the layer's, float32 at least (half-precision activations
+            under autocast keep float32 averages).
     """
 
-    def __init__(self, units: int, decay: float = 0.8, device: Any = None) -> None:
+    def __init__(
+        self, units: int, decay: float = 0.8, device: Any = None, dtype: torch.dtype | None = None
+    ) -> None:
         self.decay = float(decay)
-        self.p = torch.full((2, units), 0.5, device=device)
-        self.mu = torch.tensor([[-1.0], [1.0]], device=device).repeat(1, units)
+        dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.p = torch.full((2, units), 0.5, device=device, dtype=dtype)
+        self.mu = torch.tensor([[-1.0], [1.0]], device=device, dtype=dtype).repeat(1, units)
 
     @torch.no_grad()
     def update(
@@ -280,11 +287,11 @@ class ShadeAverages:
     def from_state(
         cls, state: Mapping[str, Any], decay: float = 0.8, device: Any = None
     ) -> ShadeAverages:
-        """Averages restored from :meth:`state_dict`."""
-        p = torch.as_tensor(state["p"], dtype=torch.float32)
-        averages = cls(p.shape[1], decay, device)
+        """Averages restored from :meth:`state_dict`, in their saved dtype, on ``device``."""
+        p = torch.as_tensor(state["p"])
+        averages = cls(p.shape[1], decay, device, p.dtype)
         averages.p.copy_(p)
-        averages.mu.copy_(torch.as_tensor(state["mu"], dtype=torch.float32))
+        averages.mu.copy_(torch.as_tensor(state["mu"]))
         return averages
 
 
@@ -369,7 +376,9 @@ class Shade:
         averages = self.averages.get(name)
         if averages is None:
             units = _unit_layout(y, self.config.channel_dim)[0]
-            averages = self.averages[name] = ShadeAverages(units, self.config.decay, y.device)
+            averages = self.averages[name] = ShadeAverages(
+                units, self.config.decay, y.device, y.dtype
+            )
         elif averages.p.device != y.device:  # restored from a state dict, or the model moved
             averages.p, averages.mu = averages.p.to(y.device), averages.mu.to(y.device)
         return averages

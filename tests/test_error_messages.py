@@ -98,7 +98,7 @@ def test_capture_error_for_a_module_returning_no_tensor():
 
 
 def test_nonfinite_error_names_the_tap(mlp):
-    with infoshape.Session(mlp, taps=[infoshape.Tap("relu1")]) as s:
+    with infoshape.Session(mlp, taps=[infoshape.Tap("relu1")], check_every=1) as s:
         with pytest.raises(infoshape.NonFiniteError) as info:
             s.model(torch.full((2, 8), float("nan")))
     message = _parts(info.value)

@@ -74,9 +74,11 @@ class Reservoir:
     The ``t``-th item offered (counting from 1) replaces a uniformly chosen slot with
     probability ``size / t``, so after ``T`` items every one of them is in the
     reservoir with probability ``size / T`` (all items while ``T ≤ size``). Batches
-    are handled vectorized with the same law as item by item. Only the kept rows
-    are copied to host memory. :meth:`take` hands the sample over and starts a new
-    one (one per epoch); the random generator continues across epochs.
+    are handled vectorized with the same law as item by item. The slots are drawn on
+    the host (they depend only on counts); the kept rows, labels and indices stay on
+    the batch's device until :meth:`take` (at epoch end) copies them to host memory,
+    so offering a batch never waits for the device. :meth:`take` hands the sample over
+    and starts a new one (one per epoch); the random generator continues across epochs.
 
     Args:
         size: the number of samples kept.
@@ -90,7 +92,7 @@ class Reservoir:
         self.rng = np.random.default_rng(seed)
         self.seen = 0
         self._rows: torch.Tensor | None = None
-        self._meta = np.full((3, size), -1, dtype=np.int64)  # label, sample index, step
+        self._meta: torch.Tensor | None = None  # (3, size): label, sample index, step
 
     def offer(self, rows: torch.Tensor, labels: Any, index: Any, step: int) -> None:
         """Offer a batch ``rows`` (first dim = samples) with its labels and indices."""
@@ -107,15 +109,18 @@ class Reservoir:
         self.seen += b
         if item.size == 0:
             return
-        if self._rows is None:
+        device = rows.device
+        if self._rows is None or self._meta is None:
             self._rows = torch.full(
-                (self.size, *rows.shape[1:]), math.nan, dtype=self.dtype, device="cpu"
+                (self.size, *rows.shape[1:]), math.nan, dtype=self.dtype, device=device
             )
-        chosen = torch.as_tensor(item, device=rows.device)
-        self._rows[torch.as_tensor(slot_rev)] = rows.detach()[chosen].to("cpu", self.dtype)
-        self._meta[0, slot_rev] = _column(labels, b)[item]
-        self._meta[1, slot_rev] = _column(index, b)[item]
-        self._meta[2, slot_rev] = step
+            self._meta = torch.full((3, self.size), -1, dtype=torch.int64, device=device)
+        chosen = torch.as_tensor(item, device=device)
+        slots = torch.as_tensor(slot_rev, device=device)
+        self._rows[slots] = rows.detach()[chosen].to(self.dtype)
+        self._meta[0, slots] = _column(labels, b, device)[chosen]
+        self._meta[1, slots] = _column(index, b, device)[chosen]
+        self._meta[2, slots] = step
 
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """``(rows, labels, sample_index, step)`` of the sample so far, then start anew.
@@ -123,22 +128,21 @@ class Reservoir:
         Slots never filled (fewer items than ``size``) hold NaN rows and ``-1``.
         Returns None when nothing was offered since the last call.
         """
-        if self._rows is None:
+        if self._rows is None or self._meta is None:
             self.seen = 0
             return None
-        rows, meta = self._rows.numpy(), self._meta
-        self._rows, self._meta = None, np.full((3, self.size), -1, dtype=np.int64)
+        rows, meta = self._rows.cpu().numpy(), self._meta.cpu().numpy()
+        self._rows, self._meta = None, None
         self.seen = 0
         return rows, meta[0], meta[1], meta[2]
 
 
-def _column(values: Any, n: int) -> np.ndarray:
-    """``values`` (labels or indices) as an int64 array of ``n``, or ``-1`` when absent."""
+def _column(values: Any, n: int, device: torch.device) -> torch.Tensor:
+    """``values`` (labels or indices) as an int64 tensor of ``n`` on ``device``, or ``-1``s."""
     if values is None:
-        return np.full(n, -1, dtype=np.int64)
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
-    return np.asarray(values, dtype=np.int64).reshape(-1)[:n]
+        return torch.full((n,), -1, dtype=torch.int64, device=device)
+    values = torch.as_tensor(values).detach().reshape(-1)[:n]
+    return values.to(device=device, dtype=torch.int64)
 
 
 class StreamBudget:

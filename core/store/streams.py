@@ -1,11 +1,14 @@
 """The stream group's writer: training batches of streamed taps, within their budgets.
 
 On the training thread each capture is reduced by its tap's budget
-(:mod:`infoshape.store.budget`) and copied to host memory (or, for a CPU float32
-capture that owns its memory, kept as it is and checked unchanged when written);
-rows are gathered and handed to the writer thread one chunk of rows at a time, so
-every write fills whole chunks. Reservoir taps (``stream_samples``) write one row per
-epoch instead (:meth:`StreamWriter.end_epoch`).
+(:mod:`infoshape.store.budget`) and staged for the host without waiting for it
+(:class:`Staged`): an accelerator's tensor is copied into pinned host memory with
+``non_blocking=True`` and an event recorded after the copy, which the writer thread waits
+on before it reads the values; a CPU tensor is copied by torch (or, for a float32 capture
+that owns its memory, kept as it is and checked unchanged when written). No step reads a
+value back on the training thread. Rows are gathered and handed to the writer thread one
+chunk of rows at a time, so every write fills whole chunks. Reservoir taps
+(``stream_samples``) write one row per epoch instead (:meth:`StreamWriter.end_epoch`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from infoshape.store.appender import Appender, reopen_appender
 from infoshape.store.budget import StreamBudget
 from infoshape.store.layout import STREAM_CHUNK_BYTES, chunk_rows, tap_dims
 
-__all__ = ["StreamWriter", "to_numpy"]
+__all__ = ["Staged", "StreamWriter", "stage", "to_numpy"]
 
 
 def to_numpy(tensor: Any, dtype: str = "float32") -> np.ndarray:
@@ -113,8 +116,8 @@ class StreamWriter:
                 arrays[name] = self._host(name, reduced, budget.tap.stream_dtype)
         if not arrays:
             return
-        label_array = to_numpy(labels, "int64") if labels is not None else None
-        index_array = to_numpy(index, "int64") if index is not None else None
+        label_array = stage("label", labels, "int64") if labels is not None else None
+        index_array = stage("sample_index", index, "int64") if index is not None else None
         if self._batch is None:  # rows per chunk, as _create_stream will choose
             self._batch = _stream_chunk_rows(arrays)
         budgets = {name: self._budgets[name] for name in arrays}
@@ -140,7 +143,7 @@ class StreamWriter:
             # labels or indices not given stay at the fill value -1: nothing is written
             for name, values in (("label", label_array), ("sample_index", index_array)):
                 if values is not None:
-                    fitted[name] = _fit(values, width, -1)
+                    fitted[name] = _fit(_resolved(values), width, -1)
             self._rows.append((step, fitted))
             if len(self._rows) >= self.block:
                 self.write_rows()
@@ -195,7 +198,7 @@ class StreamWriter:
                 (row, name, value)
                 for _, row in self._rows
                 for name, value in row.items()
-                if isinstance(value, _Shared)
+                if isinstance(value, Staged)
             ]
             for row, name, value in shared:
                 row[name] = value.checked()
@@ -204,8 +207,8 @@ class StreamWriter:
                 value.checked()
         self._rows = []
 
-    def _host(self, name: str, tensor: torch.Tensor, dtype: str) -> Any:
-        """A host copy of a streamed capture, or the capture itself when that is safe."""
+    def _host(self, name: str, tensor: torch.Tensor, dtype: str) -> Staged:
+        """A streamed capture staged for the host, or the capture itself when that is safe."""
         if (
             not self.copy_streams
             and tensor.device.type == "cpu"
@@ -213,8 +216,8 @@ class StreamWriter:
             and tensor.is_contiguous()
             and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
         ):
-            return _Shared(name, tensor.detach())
-        return to_numpy(tensor, dtype)
+            return Staged(name, tensor.detach(), version=tensor._version)
+        return stage(name, tensor, dtype)
 
     def end_epoch(self, epoch: int) -> None:
         """Queue the reservoirs of taps with ``stream_samples`` as the row of ``epoch``.
@@ -296,24 +299,36 @@ def _stream_chunk_rows(arrays: Mapping[str, Any]) -> int:
     )
 
 
-class _Shared:
-    """A streamed CPU capture written from its own memory, with its version at capture."""
+class Staged:
+    """A streamed value on its way to the host, read by the writer thread.
 
-    def __init__(self, name: str, tensor: torch.Tensor) -> None:
+    Either a host copy (pinned, filled by a ``non_blocking`` copy from an accelerator that
+    ``event`` marks the end of; or a CPU copy), or a CPU capture written from its own memory,
+    with its ``version`` at capture: it must not change in place before it is written.
+    """
+
+    def __init__(
+        self, name: str, tensor: torch.Tensor, version: int | None = None, event: Any = None
+    ) -> None:
         self.name = name
         self.tensor = tensor
-        self.version = tensor._version
+        self.version = version
+        self.event = event
         self.shape = tuple(tensor.shape)
         self.dtype = np.dtype(str(tensor.dtype).removeprefix("torch."))
         self.itemsize = self.dtype.itemsize
 
     def checked(self) -> np.ndarray:
-        """The capture's values, if nothing changed them in place since they were captured.
+        """The values (after waiting for their copy), if nothing changed them since capture.
 
         Raises:
-            CaptureError: the tensor was modified in place after the step ended.
+            CaptureError: a capture written from its own memory was changed in place
+                after its step ended.
         """
-        if self.tensor._version != self.version:
+        if self.event is not None:
+            self.event.synchronize()
+            self.event = None
+        if self.version is not None and self.tensor._version != self.version:
             raise CaptureError(
                 f"the streamed capture {self.name!r} was changed in place after its step ended",
                 expected="captures left as they are until the store has written them",
@@ -324,11 +339,35 @@ class _Shared:
         return self.tensor.numpy()
 
 
+def stage(name: str, values: Any, dtype: str = "float32") -> Staged:
+    """``values`` copied towards the host in ``dtype`` without waiting for the device.
+
+    From an accelerator: into pinned memory with ``non_blocking=True``, an event recorded
+    after the copy (the reader waits on it). From the CPU: a torch copy. Numbers and
+    arrays: a numpy copy.
+    """
+    torch_dtype = getattr(torch, dtype)
+    if not isinstance(values, torch.Tensor):
+        return Staged(name, torch.from_numpy(np.array(values, dtype=dtype)))
+    values = values.detach()
+    if values.device.type == "cpu":
+        return Staged(name, values.to(torch_dtype, copy=True))
+    host = torch.empty(values.shape, dtype=torch_dtype, pin_memory=True)
+    host.copy_(values.to(torch_dtype), non_blocking=True)
+    event = torch.Event(device=values.device)
+    event.record()
+    return Staged(name, host, event=event)
+
+
+def _resolved(value: Any) -> Any:
+    return value.checked() if isinstance(value, Staged) else value
+
+
 def _fit(array: Any, width: int, fill: float) -> Any:
     """Cut or pad the first axis of ``array`` to ``width``."""
     if array.shape[0] == width:
         return array
-    if isinstance(array, _Shared):
+    if isinstance(array, Staged):
         array = array.checked()
     if array.shape[0] > width:
         return array[:width]

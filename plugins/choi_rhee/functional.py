@@ -45,7 +45,12 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from infoshape.errors import ConfigError
-from infoshape.linalg import nonempty_samples, paired_labels
+from infoshape.linalg import (
+    full_precision,
+    nonempty_samples,
+    paired_labels,
+    require_class_labels,
+)
 
 __all__ = ["cr", "cw_cr", "cw_rr", "cw_vr", "l1r", "rr", "vr"]
 
@@ -69,8 +74,10 @@ def _samples(z: torch.Tensor, who: str, channels: bool = False) -> torch.Tensor:
 def _onehot(x: torch.Tensor, labels, n_classes: int, who: str) -> torch.Tensor:
     """The labels of ``x``'s ``N`` samples as a one-hot ``(N, K)`` float matrix.
 
-    Columns are the ``K ≤ min(N, n_classes)`` classes present in the batch (absent classes
-    add nothing to any penalty), so per-class tensors stay as small as the batch.
+    ``K = min(N, n_classes)`` columns: the classes present in the batch, in class order,
+    then empty columns (an empty group adds nothing to any penalty). Per-class tensors stay
+    as small as the batch, and the shape depends on no value: no host sync, no graph break
+    under ``torch.compile``.
     """
     labels = paired_labels(x, labels, who)
     if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 1:
@@ -80,17 +87,22 @@ def _onehot(x: torch.Tensor, labels, n_classes: int, who: str) -> torch.Tensor:
             got=repr(n_classes),
             fix="pass the task's number of classes (the model's output width)",
         )
-    bad_type = labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
-    low, high = (0, 0) if bad_type else torch.stack(torch.aminmax(labels)).tolist()
-    if bad_type or low < 0 or high >= n_classes:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ConfigError(
             f"{who}: labels must be class indices in [0, n_classes)",
             expected=f"integer labels in [0, {n_classes - 1}]",
-            got=f"{labels.dtype} labels in [{labels.min().item()}, {labels.max().item()}]",
+            got=f"{labels.dtype} labels",
             fix="pass the batch's integer class labels and the number of classes",
         )
-    onehot = labels[:, None] == torch.arange(n_classes, device=x.device)
-    return onehot[:, onehot.any(0)].to(x.dtype)
+    require_class_labels(
+        labels,
+        n_classes,
+        who,
+        fix="pass the batch's integer class labels and the number of classes",
+    )
+    present = (labels[:, None] == torch.arange(n_classes, device=x.device)).any(0)
+    slot = (present.cumsum(0) - 1)[labels]  # the rank of each label's class among those present
+    return torch.nn.functional.one_hot(slot, min(len(labels), n_classes)).to(x.dtype)
 
 
 def _counts(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
@@ -261,7 +273,9 @@ def _covariance_total(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Ten
     ``u × u`` products, no copy of the map). Otherwise the rows ``(N·P, u)`` are centred
     per group; with fewer rows ``m`` than units, ``‖C_k‖_F²`` comes from the ``m × m`` Gram
     matrix restricted to same-group pairs (``Σ_{a,b∈k} (z_c^a·z_c^b)²/n_k²``), otherwise
-    each group's covariance is formed.
+    each group's covariance is formed from its own rows. Selecting a group's rows has a
+    data-dependent shape (a host sync on an accelerator, a graph break under
+    ``torch.compile``), so there the Gram form is used whatever the shape.
     """
     u = x.shape[1]
     if x.shape[2] > 1 and u <= x.shape[2]:
@@ -269,7 +283,8 @@ def _covariance_total(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Ten
         return torch.triu(cov, diagonal=1).square().sum()
     rows, onehot = _flat_rows(x, onehot)
     counts = _counts(rows[:, :, None], onehot)
-    if len(rows) < u:
+    on_host = rows.device.type == "cpu" and not torch.compiler.is_compiling()
+    if len(rows) < u or (onehot is not None and not on_host):
         return _GramCovariance.apply(rows, onehot, counts)
     counts = counts.clamp_min(1)  # each group's covariance: exact off-diagonal sum
     centered = rows - _per_sample(_by_group(rows, onehot) / counts[:, None], onehot, len(rows))
@@ -308,18 +323,21 @@ def _pairs(u: int) -> int:
 
 
 # ------------------------------------------------------------------ the regularizers
+@full_precision
 def cr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """CR (DeCov): ``½(‖C‖_F² − ‖diag C‖²)`` of the batch covariance; ``/ (u(u−1)/2)``."""
     x = _samples(z, "cr", channels)
     return _total(_covariance_total(x, None), _pairs(x.shape[1]), normalize)
 
 
+@full_precision
 def vr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """VR: ``Σ_i Var(z_i)``, population variances over the batch; normalized ``/ u``."""
     x = _samples(z, "vr", channels)
     return _total(_variance_total(x, None), x.shape[1], normalize)
 
 
+@full_precision
 def l1r(
     z: torch.Tensor,
     normalize: bool = False,
@@ -341,12 +359,14 @@ def l1r(
     return total / x.shape[1] if normalize else total
 
 
+@full_precision
 def rr(z: torch.Tensor, normalize: bool = False, *, channels: bool = False) -> torch.Tensor:
     """RR: the Hölder bound ``‖Z‖_F²/(‖Z‖₁‖Z‖_∞)`` on the stable rank (eq. 9); ``/ u``."""
     x = _samples(z, "rr", channels)
     return _total(_rank_terms(x, None).sum(), x.shape[1], normalize)
 
 
+@full_precision
 def cw_cr(
     z: torch.Tensor,
     labels: torch.Tensor,
@@ -361,6 +381,7 @@ def cw_cr(
     return _total(total, n_classes * _pairs(x.shape[1]), normalize)
 
 
+@full_precision
 def cw_vr(
     z: torch.Tensor,
     labels: torch.Tensor,
@@ -375,6 +396,7 @@ def cw_vr(
     return _total(total, n_classes * x.shape[1], normalize)
 
 
+@full_precision
 def cw_rr(
     z: torch.Tensor,
     labels: torch.Tensor,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import infoshape
 from infoshape import CaptureError, NonFiniteError, Tap, TapError
 from infoshape.capture import Capture
 
@@ -161,7 +163,8 @@ def test_pre_tap_on_resnet18_inplace_relu():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    with Capture(model, [Tap("layer1.0.relu", point="pre")]) as capture, torch.no_grad():
+    tap = Tap("layer1.0.relu", point="pre", call=1)  # the second call: after the residual sum
+    with Capture(model, [tap]) as capture, torch.no_grad():
         model(x)
         got = capture.tensors["layer1.0.relu_pre"]
         stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
@@ -170,3 +173,68 @@ def test_pre_tap_on_resnet18_inplace_relu():
         expected = block.bn2(block.conv2(hidden)) + stem  # the input of the block's last ReLU
     assert got.min() < 0, "the capture is relu(input): the in-place ReLU overwrote it"
     torch.testing.assert_close(got, expected)
+
+
+# ------------------------------------------------- modules called more than once per forward
+def _resnet18():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval()
+
+
+def test_each_call_of_a_module_called_twice_is_its_own_capture_on_resnet18(tmp_path):
+    model = _resnet18()
+    block = model.layer1[0]
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(4)
+    tap = infoshape.Tap("layer1.0.relu", store=True)
+    with infoshape.Session(model, taps=[tap], store=tmp_path / "r.zarr") as s:
+        s.loss(s.model(x), y)
+        assert s.capture_names(tap) == ["layer1.0.relu#0", "layer1.0.relu#1"]
+        first, second = (s.captures[n].detach() for n in s.capture_names(tap))
+        s.step_end()
+        s.epoch_end(probe=(x, y))
+    with torch.no_grad():
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        torch.testing.assert_close(first, torch.relu(block.bn1(block.conv1(stem))))
+        torch.testing.assert_close(second, block(stem))  # the block's output
+    probe = infoshape.open_store(tmp_path / "r.zarr")["probe"]
+    assert {"layer1.0.relu#0", "layer1.0.relu#1"} <= set(probe.data_vars)
+    np.testing.assert_allclose(probe["layer1.0.relu#1"].isel(epoch=0).values, second.numpy())
+
+
+def test_call_k_keeps_only_that_call_under_the_plain_name():
+    model = _resnet18()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    taps = [infoshape.Tap("layer1.0.relu", call=1, name="out"), infoshape.Tap("layer1.0.relu")]
+    with infoshape.Session(model, taps=taps) as s:
+        s.loss(s.model(x), torch.arange(2))
+        assert s.capture_names(taps[0]) == ["out"]
+        torch.testing.assert_close(s.captures["out"], s.captures["layer1.0.relu#1"])
+
+
+def test_a_module_reused_across_positions_is_captured_per_call():
+    shared = torch.nn.Linear(4, 4)
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = shared
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(self.shared(torch.relu(self.shared(x))))
+
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(2))
+    with infoshape.Session(Twice(), taps=[infoshape.Tap("shared")]) as s:
+        for _ in range(2):  # the second step knows from the start: no renaming
+            s.loss(s.model(x), torch.zeros(5, dtype=torch.long))
+            assert sorted(s.captures) == ["shared#0", "shared#1"]
+            expected = torch.nn.functional.linear(x, shared.weight, shared.bias)  # no hook
+            torch.testing.assert_close(s.captures["shared#0"], expected)
+            s.step_end()
+
+
+def test_call_must_be_a_nonnegative_int():
+    with pytest.raises(ValueError, match="call"):
+        infoshape.Tap("fc1", call=-1)

@@ -10,6 +10,7 @@ same results (README, "Benchmarks").
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch._dynamo
 
@@ -103,3 +104,53 @@ def test_one_forward_hook_per_tapped_module_called_once_per_batch(make_mlp):
         assert plugin.calls == 3
         assert set(s.captures) == set()  # cleared at step end: graphs are freed
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def _first_party_step(compiled: bool, plugins=("shade", "cr", "cw_cr", "irnn")):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    for name, layer in [
+        ("fc1", torch.nn.Linear(8, 32)),
+        ("relu1", torch.nn.ReLU(inplace=True)),  # SHADE taps its input: a copying pre-hook
+        ("fc2", torch.nn.Linear(32, 32)),
+        ("relu2", torch.nn.ReLU()),
+        ("out", torch.nn.Linear(32, 3)),
+    ]:
+        model.add_module(name, layer)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    taps = [Tap("relu2", store=False)]
+    with infoshape.Session(model, plugins=list(plugins), taps=taps, n_train=64) as s:
+        forward = (
+            torch.compile(s.model, backend="aot_eager", fullgraph=True) if compiled else s.model
+        )
+        loss = s.loss(forward(x), y)
+        loss.backward()
+        values = {k: v.item() for k, v in s._pending.items() if k.startswith(("loss", "penalty"))}
+        s.step_end()
+    return values, [p.grad.clone() for p in model.parameters()]
+
+
+def test_first_party_penalties_with_a_fullgraph_compiled_model_match_eager():
+    """fullgraph=True: capture hooks (pre-hooks copying in-place inputs included) never break."""
+    eager_values, eager_grads = _first_party_step(compiled=False)
+    compiled_values, compiled_grads = _first_party_step(compiled=True)
+    assert compiled_values == pytest.approx(eager_values, rel=1e-5)
+    for a, b in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cr", "cw_cr", "vr", "cw_vr", "l1r", "rr", "cw_rr"])
+def test_penalty_math_compiles_to_one_graph(name):
+    from infoshape.plugins.choi_rhee import functional
+
+    torch._dynamo.reset()
+    function = getattr(functional, name)
+    g = torch.Generator().manual_seed(4)
+    z, y = torch.randn(48, 16, generator=g), torch.randint(0, 4, (48,), generator=g)
+    args = (z, y, 4) if name.startswith("cw_") else (z,)
+    explained = torch._dynamo.explain(function)(*args)
+    assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+    compiled = torch.compile(function, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*args), function(*args), rtol=1e-5, atol=1e-7)

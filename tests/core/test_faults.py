@@ -175,7 +175,7 @@ class _NaNAtStep:
 
 def test_nan_penalty_stops_with_step_and_plugin(mlp, batch):
     x, y = batch
-    with infoshape.Session(mlp, plugins=[_NaNAtStep]) as s:
+    with infoshape.Session(mlp, plugins=[_NaNAtStep], check_every=1) as s:
         s.loss(s.model(x), y)
         s.step_end()
         with pytest.raises(infoshape.NonFiniteError) as info:

@@ -223,7 +223,7 @@ class NanPenalty:
 
 def test_nonfinite_penalty_names_the_penalty_and_step(mlp, batch):
     x, y = batch
-    with infoshape.Session(mlp, plugins=[NanPenalty]) as s:
+    with infoshape.Session(mlp, plugins=[NanPenalty], check_every=1) as s:
         with pytest.raises(NonFiniteError, match=r"loss is not finite at step 0 .*penalty\.bad"):
             s.loss(s.model(x), y)
 
