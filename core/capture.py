@@ -202,8 +202,9 @@ class Capture:
         self.resolved: list[_Resolved] = []
         self._names_of: dict[Tap, list[str]] = {}
         self._tensors: dict[str, torch.Tensor] = {}
-        self._calls: dict[str, int] = {}  # calls of each capture's module since clear()
-        self._per_forward: dict[str, int] = {}  # most calls seen in one forward pass
+        self._calls: dict[str, int] = {}  # calls of each capture's module in this forward
+        self._seen: dict[str, int] = {}  # the same, in the last forward that ended
+        self._in_forward = False  # inside a call of the whole model
         self._unchecked: list[_Resolved] = []  # captured inside torch.compile: checked on read
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         for tap in dict.fromkeys(taps):  # same tap from two plugins: one capture
@@ -242,8 +243,8 @@ class Capture:
 
     def names(self, r: _Resolved) -> list[str]:
         """The capture names of one resolved tap: ``[name]``, or ``name#i`` for each call."""
-        calls = self._per_forward.get(r.name, 1)
-        if r.tap.call is not None or calls == 1:
+        calls = (self._calls or self._seen).get(r.name, 1)
+        if r.tap.call is not None or calls <= 1:
             return [r.name]
         return [f"{r.name}#{i}" for i in range(calls)]
 
@@ -262,9 +263,15 @@ class Capture:
         return self._tensors
 
     def clear(self) -> None:
-        """Forget the captured tensors (and so free their graphs)."""
+        """Forget the captured tensors (and so free their graphs).
+
+        Also called when the model's forward starts: each forward pass has its own
+        captures and its own count of each module's calls.
+        """
         self._tensors = {}
         self._unchecked = []
+        if self._calls:
+            self._seen = self._calls
         self._calls = {}
 
     def attach(self) -> Capture:
@@ -275,7 +282,11 @@ class Capture:
         by_module: dict[str, list[_Resolved]] = {}
         for r in self.resolved:
             by_module.setdefault(r.module, []).append(r)
-        try:
+        try:  # a new forward pass of the model: new captures, calls counted anew
+            self._handles += [
+                self.model.register_forward_pre_hook(lambda m, a: self._forward_starts()),
+                self.model.register_forward_hook(lambda m, a, out: self._forward_ends()),
+            ]
             for module_name, wanted in by_module.items():
                 module = modules[module_name]
                 pre = [r for r in wanted if r.point == "pre"]
@@ -292,6 +303,13 @@ class Capture:
             self.remove()
             raise
         return self
+
+    def _forward_starts(self) -> None:
+        self.clear()
+        self._in_forward = True
+
+    def _forward_ends(self) -> None:
+        self._in_forward = False
 
     def remove(self) -> None:
         """Remove every hook this capture registered (idempotent)."""
@@ -344,19 +362,20 @@ class Capture:
     def _key(self, r: _Resolved) -> str | None:
         """The capture name of this call of ``r``'s module (None: a call not kept).
 
-        Counts the module's calls since :meth:`clear`. At a second call of a module seen
-        once so far, the first call's capture is renamed ``#0``.
+        Counts the module's calls in this forward pass of the model. At its second call,
+        the first call's capture is renamed ``#0``. A tapped module called on its own,
+        outside a call of the whole model, counts as a pass of its own (its capture
+        replaces the last one).
         """
-        i = self._calls.get(r.name, 0)
+        i = self._calls.get(r.name, 0) if self._in_forward else 0  # alone: a pass of its own
         self._calls[r.name] = i + 1
         if r.tap.call is not None:
             return r.name if i == r.tap.call else None
-        seen = self._per_forward.get(r.name, 1)
-        if i + 1 > seen:
-            self._per_forward[r.name] = i + 1
-            if seen == 1 and r.name in self._tensors:
-                self._tensors[f"{r.name}#0"] = self._tensors.pop(r.name)
-        return r.name if self._per_forward.get(r.name, 1) == 1 else f"{r.name}#{i}"
+        if i == 0:
+            return r.name
+        if i == 1 and r.name in self._tensors:
+            self._tensors[f"{r.name}#0"] = self._tensors.pop(r.name)
+        return f"{r.name}#{i}"
 
     def _check_finite(self, r: _Resolved, tensor: torch.Tensor) -> None:
         if not tensor.is_floating_point() or _all_finite(tensor):

@@ -25,7 +25,9 @@ def test_taps_of_one_module_share_its_hooks(mlp, batch):
         Tap("fc2", name="hidden"),
     ]
     with Capture(mlp, taps) as capture:
-        assert _hook_count(mlp) == 3  # relu1's pre-hook and forward hook, fc2's: not four
+        # relu1's pre-hook and forward hook, fc2's (not one per tap), and the model's pre-hook
+        # and hook that start and end each forward pass
+        assert _hook_count(mlp) == 5
         mlp(x)
         pre = mlp.fc1(x)
         torch.testing.assert_close(capture.tensors["relu1_pre"], pre)
