@@ -27,7 +27,7 @@ import torch
 
 from infoshape.errors import ConfigError
 from infoshape.estimator_plugin import EstimatorPlugin
-from infoshape.linalg import as_samples, paired_labels
+from infoshape.math.linalg import as_samples, paired_labels
 from infoshape.registry import Estimator
 
 __all__ = ["KSG", "information_plane", "mutual_information", "mutual_information_mixed"]

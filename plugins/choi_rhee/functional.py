@@ -45,7 +45,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from infoshape.errors import ConfigError
-from infoshape.linalg import nonempty_samples, paired_labels
+from infoshape.math.linalg import nonempty_samples, paired_labels
 
 __all__ = ["cr", "cw_cr", "cw_rr", "cw_vr", "l1r", "rr", "vr"]
 
