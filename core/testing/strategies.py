@@ -1,7 +1,6 @@
-"""Testing helpers for infoshape and its plugins (public, like ``xarray.testing.strategies``).
+"""Hypothesis strategies for the tensors plugins see (public, like ``xarray.testing.strategies``).
 
-Hypothesis strategies for the tensors plugins see, and the plugin conformance
-kit::
+Exported by :mod:`infoshape.testing` together with the plugin conformance kit::
 
     from hypothesis import given
     from infoshape.testing import PluginTester, activations, activations_and_labels
@@ -27,9 +26,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from infoshape.errors import ConfigError
-from infoshape.plugin_tester import PluginTester, small_mlp
 
-__all__ = ["PluginTester", "activations", "activations_and_labels", "labels", "small_mlp"]
+__all__ = ["activations", "activations_and_labels", "labels"]
 
 Shape = tuple[int, ...]
 Classes = Literal["all", "absent", "any"]

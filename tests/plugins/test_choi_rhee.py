@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import infoshape
-from infoshape.conformance import RecordingSink
 from infoshape.errors import ConfigError, PluginHookError
 from infoshape.plugins import choi_rhee
 from infoshape.plugins.choi_rhee import cr, cw_cr, cw_rr, cw_vr, l1r, last_activation, rr, vr
 from infoshape.testing import PluginTester, activations, labels, small_mlp
+from infoshape.testing.conformance import RecordingSink
 from infoshape.trainer import TrainConfig, train
 
 TIGHT = 1e-12
