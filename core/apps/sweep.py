@@ -253,7 +253,7 @@ def cell_status(cell: Cell) -> str:
     """
     import zarr
 
-    from infoshape.trainer import TrainConfig
+    from infoshape.apps.trainer import TrainConfig
 
     if not cell.store.exists():
         return "missing"
@@ -431,7 +431,7 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
-    from infoshape.trainer import TrainConfig, train
+    from infoshape.apps.trainer import TrainConfig, train
 
     out = Path(config.out)
     cells = config.cells()
@@ -498,7 +498,7 @@ error (%) and every characteristic (the characteristics plugin runs in every cel
 
 
 def _configuration(text: str) -> tuple[str, dict[str, Any]]:
-    from infoshape.cli import parse_assignment
+    from infoshape.apps.cli import parse_assignment
 
     name, _, rest = text.partition(":")
     if not name.strip():
@@ -514,7 +514,7 @@ def _configuration(text: str) -> tuple[str, dict[str, Any]]:
 
 def sweep_settings(args: Any) -> dict[str, Any]:
     """Merge the config file (if any) and the ``sweep`` flags into one mapping; flags win."""
-    from infoshape.cli import parse_assignment, read_config_file
+    from infoshape.apps.cli import parse_assignment, read_config_file
 
     settings = read_config_file(args.config) if args.config else {}
     grid = dict(settings.get("sweep", {}) or {})

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import infoshape
+from infoshape.apps.models import build_model
 from infoshape.errors import ConfigError, PluginHookError
-from infoshape.models import build_model
 from infoshape.plugins.information_dropout import (
     InformationDropoutLayer,
     kl_log_normal,
