@@ -88,7 +88,7 @@ def __getattr__(name: str) -> Any:
 #: the module ``infoshape.apps.trainer`` itself (one module object, whichever path imported it
 #: first), so code written against the flat layout goes on working; the repository's own code
 #: uses the new paths (tests/meta/test_layout.py).
-MOVED = {
+_MOVED = {
     "infoshape.analysis": "infoshape.apps.analysis",
     "infoshape.cli": "infoshape.apps.cli",
     "infoshape.lightning": "infoshape.apps.lightning",
@@ -104,23 +104,23 @@ MOVED = {
 
 
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports a module of :data:`MOVED` under its old path (``python -m`` included)."""
+    """Imports a module of ``_MOVED`` under its old path (``python -m`` included)."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
         """A spec for an old path, None for any other name."""
-        if fullname not in MOVED:
+        if fullname not in _MOVED:
             return None
-        moved = importlib.util.find_spec(MOVED[fullname])
+        moved = importlib.util.find_spec(_MOVED[fullname])
         return ModuleSpec(fullname, self, origin=moved.origin if moved else None)
 
     def exec_module(self, module: ModuleType) -> None:
         """Put the module of the new path in ``sys.modules`` under the old one."""
-        sys.modules[module.__name__] = import_module(MOVED[module.__name__])
+        sys.modules[module.__name__] = import_module(_MOVED[module.__name__])
 
     def get_code(self, fullname: str) -> Any:
         """The new module's code, for ``python -m <old path>``."""
-        moved = importlib.util.find_spec(MOVED[fullname])
-        return moved.loader.get_code(MOVED[fullname])  # type: ignore[union-attr]
+        moved = importlib.util.find_spec(_MOVED[fullname])
+        return moved.loader.get_code(_MOVED[fullname])  # type: ignore[union-attr]
 
 
 if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):

@@ -164,20 +164,20 @@ def test_the_private_import_allow_list_is_current():
 
 
 def test_the_repository_uses_the_new_module_paths():
-    old = tuple(infoshape.MOVED)
+    old = tuple(infoshape._MOVED)
     offenders = _offenders(
         _sources("core", "plugins", "datasets", "tests", "examples", "benchmarks"), old
     )
     assert offenders == [], (
         "these paths only stay importable for code written against the flat layout; "
-        "import from the new path (infoshape.MOVED):\n" + "\n".join(offenders)
+        "import from the new path (infoshape._MOVED):\n" + "\n".join(offenders)
     )
 
 
 def test_the_moved_paths_import_the_same_modules():
     import importlib
 
-    for old, new in infoshape.MOVED.items():
+    for old, new in infoshape._MOVED.items():
         assert importlib.import_module(old) is importlib.import_module(new), old
 
 
