@@ -100,6 +100,8 @@ _MOVED = {
     "infoshape.matrix_entropy": "infoshape.math.matrix_entropy",
     "infoshape.conformance": "infoshape.testing.conformance",
     "infoshape.plugin_tester": "infoshape.testing.plugin_tester",
+    # documented at this path before ION moved beside the Choi–Rhee plugins (a path, no import)
+    "infoshape.ion": "infoshape.plugins.choi_rhee.ion",
 }
 
 
