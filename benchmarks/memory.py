@@ -47,7 +47,7 @@ def child(steps: int, store: Path, threads: int) -> None:
 
     import infoshape
     from infoshape import Tap
-    from infoshape.models import build_model
+    from infoshape.apps.models import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 import infoshape
 from infoshape import Tap
-from infoshape.models import build_model
+from infoshape.apps.models import build_model
 
 PENALTIES = [
     "shade",

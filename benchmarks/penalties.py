@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from infoshape.models import build_model
+from infoshape.apps.models import build_model
 from infoshape.plugins import irnn
 from infoshape.plugins.choi_rhee import functional as choi_rhee
 from infoshape.plugins.shade import p_active, shade_penalty

@@ -11,8 +11,13 @@ Plugins implement the hooks of :mod:`infoshape.hookspecs`, marked with
 entry-point group.
 """
 
+import importlib.abc
+import importlib.util
+import sys
 from importlib import import_module
+from importlib.machinery import ModuleSpec
 from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from infoshape.errors import (
@@ -77,6 +82,51 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'infoshape' has no attribute {name!r}")
+
+
+#: Modules that moved into a subpackage, by their old path. ``import infoshape.trainer`` gives
+#: the module ``infoshape.apps.trainer`` itself (one module object, whichever path imported it
+#: first), so code written against the flat layout goes on working; the repository's own code
+#: uses the new paths (tests/meta/test_layout.py).
+_MOVED = {
+    "infoshape.analysis": "infoshape.apps.analysis",
+    "infoshape.cli": "infoshape.apps.cli",
+    "infoshape.lightning": "infoshape.apps.lightning",
+    "infoshape.models": "infoshape.apps.models",
+    "infoshape.report": "infoshape.apps.report",
+    "infoshape.sweep": "infoshape.apps.sweep",
+    "infoshape.trainer": "infoshape.apps.trainer",
+    "infoshape.linalg": "infoshape.math.linalg",
+    "infoshape.matrix_entropy": "infoshape.math.matrix_entropy",
+    "infoshape.conformance": "infoshape.testing.conformance",
+    "infoshape.plugin_tester": "infoshape.testing.plugin_tester",
+    # documented at this path before ION moved beside the Choi–Rhee plugins (a path, no import)
+    "infoshape.ion": "infoshape.plugins.choi_rhee.ion",
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports a module of ``_MOVED`` under its old path (``python -m`` included)."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        """A spec for an old path, None for any other name."""
+        if fullname not in _MOVED:
+            return None
+        moved = importlib.util.find_spec(_MOVED[fullname])
+        return ModuleSpec(fullname, self, origin=moved.origin if moved else None)
+
+    def exec_module(self, module: ModuleType) -> None:
+        """Put the module of the new path in ``sys.modules`` under the old one."""
+        sys.modules[module.__name__] = import_module(_MOVED[module.__name__])
+
+    def get_code(self, fullname: str) -> Any:
+        """The new module's code, for ``python -m <old path>``."""
+        moved = importlib.util.find_spec(_MOVED[fullname])
+        return moved.loader.get_code(_MOVED[fullname])  # type: ignore[union-attr]
+
+
+if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModules())
 
 
 def __dir__() -> list[str]:

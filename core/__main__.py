@@ -2,6 +2,6 @@
 
 import sys
 
-from infoshape.cli import main
+from infoshape.apps.cli import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ weight); ``infoshape sweep --coefficient`` sets that option, whatever its name.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import pluggy
 
@@ -32,13 +32,29 @@ if TYPE_CHECKING:
     from infoshape.objective import Penalty
     from infoshape.registry import DatasetSpec, Estimator
     from infoshape.session import Session
-    from infoshape.sinks import MetricSink
 
 PROJECT = "infoshape"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-__all__ = ["PROJECT", "hookimpl", "hookspec"]
+__all__ = ["PROJECT", "MetricSink", "hookimpl", "hookspec"]
+
+
+@runtime_checkable
+class MetricSink(Protocol):
+    """What the session needs of a metric sink (what ``infoshape_sinks`` returns).
+
+    The session sends every metric of a step (``stage="step"``, ``index`` the global step)
+    or of an epoch (``stage="epoch"``, ``index`` the epoch) to every sink, and closes each
+    sink with the session. The run store is one; the ``csv`` and ``tensorboard`` plugins
+    offer others.
+    """
+
+    def write(self, stage: str, index: int, metrics: Mapping[str, Any]) -> None:
+        """Record ``metrics`` (name to float or numpy array) of step or epoch ``index``."""
+
+    def close(self) -> None:
+        """Flush and release the sink."""
 
 
 @hookspec

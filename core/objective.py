@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from infoshape.errors import ConfigError
-from infoshape.linalg import require_class_labels
+from infoshape.math.linalg import require_class_labels
 
 __all__ = ["Penalty", "cross_entropy"]
 

@@ -39,12 +39,12 @@ from infoshape.errors import (
     PluginLoadError,
     report_nonfinite,
 )
+from infoshape.hookspecs import MetricSink
 from infoshape.metrics import FINITE, StepMetrics, capture_sums, first_nonfinite, visible
 from infoshape.objective import Penalty, cross_entropy
 from infoshape.options import build_config, config_as_dict
 from infoshape.plugin_manager import PluginInfo, PluginManager, build_plugin_manager
 from infoshape.probe import Probe, as_probe, run_probe
-from infoshape.sinks import MetricSink
 from infoshape.store import RunStore
 
 __all__ = ["Session"]

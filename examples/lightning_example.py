@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 import infoshape
 from infoshape import Tap
-from infoshape.lightning import InfoshapeCallback
+from infoshape.apps.lightning import InfoshapeCallback
 
 
 class DigitsMLP(pl.LightningModule):

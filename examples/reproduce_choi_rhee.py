@@ -18,7 +18,7 @@ All 12 configurations run as one sweep, the grid of ``examples/choi_rhee_sweep.t
 keeps the two equal), with one store per cell under
 ``OUT/sweep/cells``; a complete cell trained with the same settings is reused, so pass a
 fresh ``--out`` after changing what is measured); the table is built from those stores by
-:func:`infoshape.sweep.summarize`::
+:func:`infoshape.apps.sweep.summarize`::
 
     python examples/reproduce_choi_rhee.py            # the full run
     python examples/reproduce_choi_rhee.py --quick    # a seconds-long smoke version
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from infoshape.sweep import SweepConfig, run_sweep
+from infoshape.apps.sweep import SweepConfig, run_sweep
 
 # The paper's 12 configurations: display name -> sweep group settings. The loss weights
 # are fixed, not chosen on validation as the paper does. RR and cw-RR were first run at

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 import infoshape
-from infoshape.trainer import TrainConfig, train
+from infoshape.apps.trainer import TrainConfig, train
 
 NAME = "irnn"
 # per-run summaries: (key, column title, how it is computed from the store)
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset", help="registered data set; default digits, cifar10 with --root"
     )
-    parser.add_argument("--model", default="cnn", help="zoo model (infoshape.models.MODELS)")
+    parser.add_argument("--model", default="cnn", help="zoo model (infoshape.apps.models.MODELS)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs per run")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")

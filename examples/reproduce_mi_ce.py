@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 
 import infoshape
+from infoshape.apps.models import build_model
+from infoshape.apps.trainer import evaluate, seed_everything
 from infoshape.datasets import load_digits
 from infoshape.datasets.subsets import nested_subset, per_class
-from infoshape.models import build_model
-from infoshape.trainer import evaluate, seed_everything
 
 NAME = "mi_ce"
 METHODS = {

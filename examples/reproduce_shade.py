@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 import infoshape
+from infoshape.apps.models import build_model
 from infoshape.datasets.mnist_m import load_mnist_m
 from infoshape.datasets.subsets import nested_subset, per_class
-from infoshape.models import build_model
 
 HERE = Path(__file__).resolve().parent
 N_CLASSES = 10

@@ -22,7 +22,7 @@ import torch
 
 from infoshape.errors import ConfigError
 from infoshape.estimator_plugin import EstimatorPlugin
-from infoshape.linalg import as_samples, nonempty_samples
+from infoshape.math.linalg import as_samples, nonempty_samples
 from infoshape.registry import Estimator
 
 __all__ = ["Binning", "discretize", "entropy", "information_plane", "mutual_information"]

@@ -45,7 +45,7 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.errors import ConfigError
 from infoshape.hookspecs import hookimpl
-from infoshape.linalg import nonempty_samples
+from infoshape.math.linalg import nonempty_samples
 from infoshape.plugins.kl_pairwise import mi_tx, mi_ty
 
 __all__ = [

@@ -22,7 +22,7 @@ import torch
 
 from infoshape.errors import ConfigError
 from infoshape.estimator_plugin import EstimatorPlugin
-from infoshape.linalg import class_conditional, nonempty_samples, paired_labels
+from infoshape.math.linalg import class_conditional, nonempty_samples, paired_labels
 from infoshape.registry import Estimator
 
 __all__ = [

@@ -46,7 +46,7 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
-from infoshape.linalg import full_precision, require_class_labels
+from infoshape.math.linalg import full_precision, require_class_labels
 from infoshape.objective import Penalty
 
 __all__ = [

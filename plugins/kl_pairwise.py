@@ -27,7 +27,7 @@ import torch
 
 from infoshape.errors import ConfigError
 from infoshape.estimator_plugin import EstimatorPlugin
-from infoshape.linalg import (
+from infoshape.math.linalg import (
     class_conditional,
     nonempty_samples,
     paired_labels,

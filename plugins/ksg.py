@@ -44,7 +44,7 @@ from scipy.spatial import cKDTree
 
 from infoshape.errors import ConfigError
 from infoshape.estimator_plugin import EstimatorPlugin
-from infoshape.linalg import as_samples, paired_labels, require_finite
+from infoshape.math.linalg import as_samples, paired_labels, require_finite
 from infoshape.registry import Estimator
 
 __all__ = [

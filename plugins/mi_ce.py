@@ -7,7 +7,7 @@ Zaugg et al., "Cross-entropy regularization with mutual information in training 
 
 with ``I_α(Y; Ŷ) = H_α(A_y) + H_α(A_ŷ) − H_α(A_y, A_ŷ)`` (eq. 4–6, α = 1.01) between the
 one-hot label Gram matrix and the Gaussian Gram matrix of the softmax outputs, computed by
-:mod:`infoshape.matrix_entropy` on the exact float64 ``eigvalsh`` path (differentiable).
+:mod:`infoshape.math.matrix_entropy` on the exact float64 ``eigvalsh`` path (differentiable).
 Per batch this costs two ``N×N`` eigen-decompositions (``A_ŷ`` and the joint); ``H_α(A_y)``
 is the Rényi entropy of the class proportions (the eigenvalues of the normalized label Gram).
 Schedules (:func:`transition`): ``inverse_sqrt`` (the paper's), ``constant``, ``linear``,
@@ -17,7 +17,7 @@ cross-entropy tensor (no MI is computed).
 Kernel width (§3.2, Fig. 1): ``n_candidates`` equidistant widths on ``sigma_range``; each
 training batch adds its kernel-target alignment curve ``⟨K_σ, K_y⟩_F / (‖K_σ‖_F ‖K_y‖_F)``
 of the detached softmax outputs; at the epoch's end the argmax of the batch-mean curve is the
-epoch's width, folded into a :class:`~infoshape.matrix_entropy.SigmaAverage` (``sigma_decay``,
+epoch's width, folded into a :class:`~infoshape.math.matrix_entropy.SigmaAverage` (``sigma_decay``,
 0: the epoch's width as is). Epoch ``e`` trains with the width chosen on epoch ``e − 1``;
 during epoch 0 the argmax of the mean curve of the batches seen so far (the first batch's
 choice at the first step). Under the default schedule ``f(0) = 1``, so that width is unused.
@@ -25,7 +25,7 @@ choice at the first step). Under the default schedule ``f(0) = 1``, so that widt
 Epoch metrics on the probe set, averaged over consecutive chunks of ``probe_chunk`` samples
 (the paper averages over batches; shuffle a class-sorted probe set): ``mi_ce.I_YYhat`` with
 the epoch's width, ``mi_ce.I_YX`` with the input ``X`` (the input of ``input_module``; its
-width by :func:`~infoshape.matrix_entropy.select_sigma` per chunk), ``mi_ce.dpi`` (1.0 when
+width by :func:`~infoshape.math.matrix_entropy.select_sigma` per chunk), ``mi_ce.dpi`` (1.0 when
 ``I(Y;X) ≥ I(Y;Ŷ)``, the DPI of eq. 1), ``mi_ce.grad_norm`` (the saturation signal of
 Fig. 6, ``‖∇_θ I_α(Y;Ŷ)‖₂`` on the first probe chunk, model in eval mode: one extra
 forward and backward per epoch, none per step), ``mi_ce.sigma``, ``mi_ce.f`` and
@@ -47,7 +47,7 @@ import torch
 from infoshape.capture import Tap
 from infoshape.errors import ConfigError
 from infoshape.hookspecs import hookimpl
-from infoshape.matrix_entropy import (
+from infoshape.math.matrix_entropy import (
     _DECAY,
     _LENGTH,
     Convention,
@@ -131,7 +131,7 @@ def label_mi(
 
     ``z`` ``(N, ...)``: the softmax predictions for ``I(Y;Ŷ)``, the inputs for ``I(Y;X)``;
     ``A_z`` their Gaussian Gram of width ``sigma``, ``A_y`` the one-hot label Gram (both
-    trace-normalized, :mod:`infoshape.matrix_entropy`). ``H_α(A_y)`` comes from the class
+    trace-normalized, :mod:`infoshape.math.matrix_entropy`). ``H_α(A_y)`` comes from the class
     proportions ``n_c/N``, which are the eigenvalues of ``A_y``, so a batch costs two ``N×N``
     eigen-decompositions. Differentiable in ``z`` with ``method="exact"``.
     """
@@ -214,7 +214,7 @@ class MICEConfig:
             ``epoch -> f`` in ``[0, 1]`` (:func:`transition`).
         f_end: the final value of ``linear``/``cosine``, the value of ``constant``.
         horizon: epochs of the ``linear``/``cosine`` transition.
-        convention: kernel form of every width (:mod:`infoshape.matrix_entropy`).
+        convention: kernel form of every width (:mod:`infoshape.math.matrix_entropy`).
         sigma: a fixed width of the prediction Gram; ``None``: chosen by alignment per epoch.
         sigma_range: the interval, in ``convention``, of the ``n_candidates`` equidistant
             widths. Softmax rows lie at most √2 apart; below 0.1 the alignment optimum of the
@@ -226,7 +226,7 @@ class MICEConfig:
         input_module: the module whose input is ``X`` for ``I(Y;X)`` and the saturation pass;
             ``None``: the model's first leaf module (it must receive the model input as is).
         input_sigma: the width of ``X``: ``"alignment"`` (its own, by
-            :func:`~infoshape.matrix_entropy.select_sigma` per chunk) or ``"shared"`` (the
+            :func:`~infoshape.math.matrix_entropy.select_sigma` per chunk) or ``"shared"`` (the
             prediction width, one reading of §3.2; pixel distances ≫ σ then make
             ``I(Y;X) = H(Y)``, the largest value, so the DPI flag holds trivially).
         probe_chunk: probe samples per chunk of the epoch metrics.

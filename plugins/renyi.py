@@ -1,7 +1,7 @@
 """The ``renyi`` plugin: matrix-based Rényi α-entropy as an estimator and as epoch metrics.
 
 The math (METHODS.md §1: Gram matrices, trace-one normalization, ``H_α``, joint entropy,
-``I_α``, kernel widths, the Lanczos fast path) lives in :mod:`infoshape.matrix_entropy`
+``I_α``, kernel widths, the Lanczos fast path) lives in :mod:`infoshape.math.matrix_entropy`
 and is re-exported here, so ``from infoshape.plugins.renyi import entropy, gram`` works.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 from infoshape.capture import Tap
 from infoshape.hookspecs import hookimpl
-from infoshape.matrix_entropy import (
+from infoshape.math.matrix_entropy import (
     _DECAY,
     _LENGTH,
     AUTO_EXACT_MAX_N,

@@ -61,7 +61,7 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
-from infoshape.linalg import full_precision
+from infoshape.math.linalg import full_precision
 from infoshape.objective import Penalty
 
 __all__ = [

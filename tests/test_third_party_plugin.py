@@ -101,7 +101,7 @@ def test_entry_point_is_discovered_and_loads(installed):
 
 def test_cli_lists_the_plugin(installed):
     script = Path(sys.executable).with_name("infoshape")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "infoshape.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "infoshape"]
     done = subprocess.run(
         [*command, "plugins"], capture_output=True, text=True, cwd=installed.parent, timeout=300
     )

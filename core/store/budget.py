@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from infoshape.errors import CaptureError
-from infoshape.linalg import as_samples
+from infoshape.math.linalg import as_samples
 
 if TYPE_CHECKING:
     from infoshape.capture import Tap

@@ -40,7 +40,7 @@ log = logging.getLogger("infoshape.store")
 
 
 class RunStore:
-    """The writer of one run's store (a :class:`~infoshape.sinks.MetricSink` too).
+    """The writer of one run's store (a :class:`~infoshape.hookspecs.MetricSink` too).
 
     Every write is queued to one background thread; the queue is bounded, so a
     slow disk applies back-pressure to training instead of growing memory: training

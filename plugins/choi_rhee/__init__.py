@@ -12,7 +12,9 @@ Each regularizer is also its own plugin (entry points ``cr``, ``cw_cr``, ``vr``,
 ``l1r``, ``rr``, ``cw_rr``; options ``coefficient``, ``normalize``, ``layers``):
 :mod:`infoshape.plugins.choi_rhee.regularizers`. The weight-decay baselines ``l1w`` and
 ``l2w`` are :mod:`infoshape.plugins.weight_decay`; dropout and batch norm are options of the
-zoo models (``build_model("mlp", ..., dropout=0.5, batch_norm=True)``).
+zoo models (``build_model("mlp", ..., dropout=0.5, batch_norm=True)``). Whether two
+representations are identical-output equivalent (§3, Theorems 1–2) is
+:mod:`infoshape.plugins.choi_rhee.ion` (``check_equivalence`` on two stores).
 """
 
 from infoshape.plugins.choi_rhee.functional import cr, cw_cr, cw_rr, cw_vr, l1r, rr, vr

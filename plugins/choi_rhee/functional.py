@@ -45,7 +45,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from infoshape.errors import ConfigError
-from infoshape.linalg import (
+from infoshape.math.linalg import (
     full_precision,
     nonempty_samples,
     paired_labels,

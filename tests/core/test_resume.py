@@ -21,10 +21,10 @@ import pytest
 import torch
 
 import infoshape
+from infoshape.apps.cli import main
+from infoshape.apps.trainer import TrainConfig, train
 from infoshape.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from infoshape.cli import main
 from infoshape.store import RunStore
-from infoshape.trainer import TrainConfig, train
 
 KILLER = '''
     """A test plugin: counts steps; SIGKILLs its process once at a chosen point."""
@@ -136,7 +136,7 @@ def test_kill_and_resume_stores_every_epoch_once(
     option = ["--plugin", "killer", "--option", f"killer.{where}", "--option", marker]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(killer_site), *sys.path])}
     child = subprocess.run(
-        [sys.executable, "-m", "infoshape.cli", "train", *ARGS, "--store", str(store), *option],
+        [sys.executable, "-m", "infoshape", "train", *ARGS, "--store", str(store), *option],
         env=env,
         capture_output=True,
         text=True,

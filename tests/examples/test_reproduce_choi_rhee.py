@@ -8,7 +8,7 @@ from pathlib import Path
 
 import attrs
 
-from infoshape.sweep import SweepConfig
+from infoshape.apps.sweep import SweepConfig
 
 
 def test_quick_run_writes_the_table_from_the_sweep_stores(tmp_path, script):

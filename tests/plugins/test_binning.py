@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import infoshape
 from infoshape.errors import ConfigError, PluginLoadError
-from infoshape.linalg import one_hot
+from infoshape.math.linalg import one_hot
 from infoshape.plugins.binning import discretize, entropy, information_plane, mutual_information
 from infoshape.testing import PluginTester, activations, activations_and_labels, labels, small_mlp
 

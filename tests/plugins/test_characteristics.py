@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import infoshape
+from infoshape.apps.models import build_model
 from infoshape.errors import ConfigError
-from infoshape.models import build_model
 from infoshape.plugins.characteristics import (
     amplitude,
     characteristics,

@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 import infoshape
-from infoshape.conformance import RecordingSink
+from infoshape.apps.models import build_model
+from infoshape.apps.trainer import TrainConfig, train
 from infoshape.errors import ConfigError, PluginHookError
 from infoshape.plugins import choi_rhee
 from infoshape.plugins.choi_rhee import cr, cw_cr, cw_rr, cw_vr, l1r, last_activation, rr, vr
 from infoshape.testing import PluginTester, activations, labels, small_mlp
-from infoshape.trainer import TrainConfig, train
+from infoshape.testing.conformance import RecordingSink
 
 TIGHT = 1e-12
 LAWS = settings(max_examples=40, deadline=None)
@@ -292,7 +293,7 @@ def test_default_layer_is_the_last_activation():
         OrderedDict(fc=nn.Linear(4, 4), act=nn.Tanh(), drop=nn.Dropout(), out=nn.Linear(4, 2))
     )
     assert last_activation(model) == "act"
-    assert last_activation(infoshape.models.build_model("mlp", (64,), 10, dropout=0.5)) == "relu2"
+    assert last_activation(build_model("mlp", (64,), 10, dropout=0.5)) == "relu2"
     linear = nn.Sequential(nn.Linear(4, 2))
     with pytest.raises(PluginHookError, match="no activation module"):
         infoshape.Session(linear, plugins=["cr"])

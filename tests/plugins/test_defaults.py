@@ -25,13 +25,13 @@ import pytest
 import torch
 from torch import nn
 
-import infoshape.trainer
+import infoshape.apps.trainer
+from infoshape.apps.trainer import TrainConfig, train
 from infoshape.plugin_manager import installed_plugins
 from infoshape.plugins import characteristics
 from infoshape.plugins.choi_rhee import cw_cr, cw_vr
 from infoshape.plugins.irnn import constrain
 from infoshape.registry import get_dataset
-from infoshape.trainer import TrainConfig, train
 
 EPOCHS = 5
 ACCURACY = 0.9  # of the baseline's test accuracy
@@ -125,7 +125,7 @@ def run() -> Callable[..., tuple[Any, Trained]]:
     x = torch.stack([torch.as_tensor(xi) for xi, _ in test])
     y = torch.as_tensor([int(yi) for _, yi in test])
     built: list[nn.Module] = []
-    build = infoshape.trainer.build_model
+    build = infoshape.apps.trainer.build_model
 
     def keep(*args: Any, **kwargs: Any) -> nn.Module:
         built.append(build(*args, **kwargs))

@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 import infoshape
-from infoshape.conformance import hook_counts
+from infoshape.apps.models import build_model
 from infoshape.errors import ConfigError, PluginHookError
-from infoshape.models import build_model
 from infoshape.plugins.information_dropout import (
     InformationDropoutLayer,
     kl_log_normal,
@@ -20,6 +19,7 @@ from infoshape.plugins.information_dropout import (
     log_normal_noise,
 )
 from infoshape.testing import PluginTester, small_mlp
+from infoshape.testing.conformance import hook_counts
 
 TIGHT = 1e-6  # float32 round-off on O(1..10) nats
 A_MID = 0.001 + 0.7 * 0.5  # α where g = 0: α_min + α_max·sigmoid(0) = 0.351

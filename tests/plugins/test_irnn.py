@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 import infoshape
-from infoshape.conformance import RecordingSink
 from infoshape.errors import CaptureError, ConfigError, PluginHookError
 from infoshape.plugins.irnn import (
     IRNN,
@@ -27,6 +26,7 @@ from infoshape.plugins.irnn import (
     weight_sparsity,
 )
 from infoshape.testing import PluginTester
+from infoshape.testing.conformance import RecordingSink
 
 # The 3-class toy: W rows w_0 = (3, 4), w_1 = (0, 1), w_2 = (1, 0): norms 5, 1, 1;
 # features F_0 = (3, 4), F_1 = (1, 0), F_2 = (0, 2): norms 5, 1, 2; labels 0, 2, 1.

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import infoshape
-from infoshape.models import build_model
+from infoshape.apps.models import build_model
 
 PENALTIES = {
     "shade": {},

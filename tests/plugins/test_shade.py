@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import infoshape
+from infoshape.apps.models import build_model
 from infoshape.errors import CaptureError, ConfigError, PluginHookError, PluginLoadError
-from infoshape.models import build_model
 from infoshape.plugins.shade import (
     BinaryActivation,
     ShadeAverages,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import infoshape
-from infoshape.sinks import CSVSink
+from infoshape.plugins.sinks import CSVSink
 from infoshape.testing import PluginTester
 
 

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 import infoshape
-from infoshape.conformance import RecordingSink
+from infoshape.apps.models import build_model
 from infoshape.errors import ConfigError, PluginHookError
-from infoshape.models import build_model
 from infoshape.plugins.weight_decay import l1_weights, l2_weights, select_weights
 from infoshape.testing import PluginTester
+from infoshape.testing.conformance import RecordingSink
 
 TIGHT = 1e-12
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from infoshape.errors import ConfigError
-from infoshape.linalg import as_samples, one_hot, pairwise_sq_distances
+from infoshape.math.linalg import as_samples, one_hot, pairwise_sq_distances
 
 __all__ = [
     "AUTO_EXACT_MAX_N",

@@ -25,7 +25,7 @@ change arbitrarily; a permuted positive diagonal (Theorem 2) also keeps correlat
 sparsity and dead units, while amplitude and covariance scale. :func:`check_equivalence`
 does this on probe activations read from stores (two runs, two epochs, or two taps)::
 
-    from infoshape.ion import check_equivalence
+    from infoshape.plugins.choi_rhee.ion import check_equivalence
     report = check_equivalence("runs/a.zarr", "runs/b.zarr", tap="relu5")
     print(report.format())
 """

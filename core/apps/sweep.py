@@ -1,7 +1,7 @@
 """Grid sweeps: ``infoshape sweep`` runs configurations × seeds, one store per cell, resumably.
 
-A sweep is a base training run (any :class:`~infoshape.trainer.TrainConfig` settings) and
-a grid of cells, each trained by :func:`infoshape.trainer.train` in turn:
+A sweep is a base training run (any :class:`~infoshape.apps.trainer.TrainConfig` settings) and
+a grid of cells, each trained by :func:`infoshape.apps.trainer.train` in turn:
 
 - ``baseline``: the base run as it is (``baseline = false`` drops it);
 - one group per **named configuration** (``[sweep.configurations.NAME]``: settings that
@@ -56,8 +56,8 @@ from typing import Any
 
 import attrs
 
+from infoshape.apps.sweep_summary import Summary, summarize
 from infoshape.errors import ConfigError, InfoshapeError
-from infoshape.sweep_summary import Summary, summarize
 
 __all__ = [
     "Cell",
@@ -147,7 +147,7 @@ def weight_option(plugin: str) -> str:
 
 
 def validate_cells(cells: list[Cell]) -> dict[str, Any]:
-    """Each cell's :class:`~infoshape.trainer.TrainConfig`, after checking every cell.
+    """Each cell's :class:`~infoshape.apps.trainer.TrainConfig`, after checking every cell.
 
     A cell is valid when its settings make a ``TrainConfig`` and each of its plugins loads
     and accepts its options (:func:`infoshape.options.build_config`). Nothing is trained.
@@ -155,9 +155,9 @@ def validate_cells(cells: list[Cell]) -> dict[str, Any]:
     Raises:
         ConfigError: one or more invalid cells, all of them listed.
     """
+    from infoshape.apps.trainer import TrainConfig
     from infoshape.options import build_config
     from infoshape.plugin_manager import build_plugin_manager
-    from infoshape.trainer import TrainConfig
 
     configs, problems, loaded = {}, {}, {}
     for cell in cells:
@@ -190,7 +190,7 @@ class Cell:
         name: file-safe name, ``<group>-seed<k>``; the store is ``OUT/cells/<name>.zarr``.
         group: the configuration without the seed (``baseline``, ``dropout``, ``cr-0.01``).
         seed: the run's seed.
-        settings: the :class:`~infoshape.trainer.TrainConfig` settings (store included).
+        settings: the :class:`~infoshape.apps.trainer.TrainConfig` settings (store included).
     """
 
     name: str
@@ -326,7 +326,7 @@ def cell_status(cell: Cell) -> str:
     """
     import zarr
 
-    from infoshape.trainer import TrainConfig
+    from infoshape.apps.trainer import TrainConfig
 
     if not cell.store.exists():
         return "missing"
@@ -380,7 +380,7 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
-    from infoshape.trainer import train
+    from infoshape.apps.trainer import train
 
     out = Path(config.out)
     cells = config.cells()
@@ -449,7 +449,7 @@ error (%) and every characteristic (the characteristics plugin runs in every cel
 
 
 def _configuration(text: str) -> tuple[str, dict[str, Any]]:
-    from infoshape.cli import parse_assignment
+    from infoshape.apps.cli import parse_assignment
 
     name, _, rest = text.partition(":")
     if not name.strip():
@@ -465,7 +465,7 @@ def _configuration(text: str) -> tuple[str, dict[str, Any]]:
 
 def sweep_settings(args: Any) -> dict[str, Any]:
     """Merge the config file (if any) and the ``sweep`` flags into one mapping; flags win."""
-    from infoshape.cli import parse_assignment, read_config_file
+    from infoshape.apps.cli import parse_assignment, read_config_file
 
     settings = read_config_file(args.config) if args.config else {}
     grid = dict(settings.get("sweep", {}) or {})

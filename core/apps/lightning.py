@@ -2,7 +2,7 @@
 
 Add the callback to the ``Trainer`` and make one change in ``training_step``::
 
-    from infoshape.lightning import InfoshapeCallback
+    from infoshape.apps.lightning import InfoshapeCallback
 
     class Model(lightning.pytorch.LightningModule):
         def training_step(self, batch, batch_idx):
@@ -41,7 +41,7 @@ except ImportError:  # the standalone package has the same API
         from pytorch_lightning import Callback, LightningModule, Trainer  # type: ignore
     except ImportError as err:
         raise ConfigError(
-            "infoshape.lightning needs PyTorch Lightning",
+            "infoshape.apps.lightning needs PyTorch Lightning",
             expected="the lightning (or pytorch-lightning) package",
             got=f"ImportError: {err}",
             fix="pip install 'infoshape[lightning]'",

@@ -12,8 +12,8 @@ from matplotlib.image import imread
 
 import infoshape
 from infoshape import Estimator, Penalty, StoreError, Tap
-from infoshape.analysis import analyze
-from infoshape.report import _panels, default_report_dir, plot_information_plane, report
+from infoshape.apps.analysis import analyze
+from infoshape.apps.report import _panels, default_report_dir, plot_information_plane, report
 from infoshape.testing import small_mlp
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

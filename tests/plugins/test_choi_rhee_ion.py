@@ -10,7 +10,7 @@ import torch
 
 import infoshape
 from infoshape.errors import ConfigError, UnknownNameError
-from infoshape.ion import (
+from infoshape.plugins.choi_rhee.ion import (
     check_equivalence,
     compare,
     fit_linear,

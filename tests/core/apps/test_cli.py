@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import xarray
 
-CLI = [sys.executable, "-m", "infoshape.cli"]
+CLI = [sys.executable, "-m", "infoshape"]
 SCRIPT = Path(sys.executable).with_name("infoshape")  # the installed console script
 TRAIN_FLAGS = ["--epochs", "2", "--lr", "0.01", "--seed", "3", "--tap", "fc*", "--no-progress"]
 TRAIN_TOML = """\
@@ -106,7 +106,7 @@ def test_train_help_from_the_console_script(results):
     ],
 )
 def test_help_of_each_command(capsys, argv, expected):
-    from infoshape.cli import main
+    from infoshape.apps.cli import main
 
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -114,7 +114,7 @@ def test_help_of_each_command(capsys, argv, expected):
 
 
 def test_usage_error_exits_2(capsys):
-    from infoshape.cli import main
+    from infoshape.apps.cli import main
 
     assert main(["train", "--epochs", "many"]) == 2
     assert "invalid int value: 'many'" in capsys.readouterr().err
@@ -177,7 +177,7 @@ def test_datasets_lists_digits(results):
 
 
 def test_option_values_are_toml():
-    from infoshape.cli import parse_assignment
+    from infoshape.apps.cli import parse_assignment
 
     assert parse_assignment("shade.beta=0.1", dotted=True) == ("shade", "beta", 0.1)
     assert parse_assignment("csv.path=m.csv", dotted=True) == ("csv", "path", "m.csv")
@@ -189,14 +189,14 @@ def test_option_values_are_toml():
 @pytest.mark.parametrize("text", ["beta=0.1", "shade.beta", ".beta=1"])
 def test_malformed_option_is_refused(text):
     import infoshape
-    from infoshape.cli import parse_assignment
+    from infoshape.apps.cli import parse_assignment
 
     with pytest.raises(infoshape.ConfigError, match=r"PLUGIN\.KEY=VALUE"):
         parse_assignment(text, dotted=True)
 
 
 def test_flags_override_the_file(tmp_path):
-    from infoshape.cli import build_parser, train_settings
+    from infoshape.apps.cli import build_parser, train_settings
 
     file = tmp_path / "c.toml"
     file.write_text(
@@ -277,7 +277,7 @@ def test_report_draws_the_information_plane_png(pipeline):
     ],
 )
 def test_help_of_analyze_and_report(capsys, argv, expected):
-    from infoshape.cli import main
+    from infoshape.apps.cli import main
 
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -285,7 +285,7 @@ def test_help_of_analyze_and_report(capsys, argv, expected):
 
 
 def test_analyze_and_report_errors_exit_2(capsys, results, tmp_path):
-    from infoshape.cli import main
+    from infoshape.apps.cli import main
 
     estimator = SHIPPED_ESTIMATOR
     store = str(results["work"] / "flags.zarr")

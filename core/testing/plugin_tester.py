@@ -29,7 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infoshape.conformance import (
+from infoshape.errors import ConfigError, PluginLoadError
+from infoshape.objective import Penalty
+from infoshape.options import build_config
+from infoshape.plugin_manager import (
+    PluginManager,
+    build_plugin_manager,
+    installed_plugins,
+    plugin_name,
+)
+from infoshape.session import Session
+from infoshape.testing.conformance import (
     RecordingSink,
     compare_runs,
     diff_snapshots,
@@ -41,16 +51,6 @@ from infoshape.conformance import (
     result_problems,
     snapshot_state,
 )
-from infoshape.errors import ConfigError, PluginLoadError
-from infoshape.objective import Penalty
-from infoshape.options import build_config
-from infoshape.plugin_manager import (
-    PluginManager,
-    build_plugin_manager,
-    installed_plugins,
-    plugin_name,
-)
-from infoshape.session import Session
 
 __all__ = ["PluginTester", "small_mlp"]
 

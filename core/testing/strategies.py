@@ -1,7 +1,6 @@
-"""Testing helpers for infoshape and its plugins (public, like ``xarray.testing.strategies``).
+"""Hypothesis strategies for the tensors plugins see (public, like ``xarray.testing.strategies``).
 
-Hypothesis strategies for the tensors plugins see, and the plugin conformance
-kit::
+Exported by :mod:`infoshape.testing` together with the plugin conformance kit::
 
     from hypothesis import given
     from infoshape.testing import PluginTester, activations, activations_and_labels
@@ -18,10 +17,7 @@ Every strategy draws through hypothesis only, so examples are reproducible
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -30,17 +26,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from infoshape.errors import ConfigError
-from infoshape.plugin_tester import PluginTester, small_mlp
 
-__all__ = [
-    "HOST_SYNC_METHODS",
-    "PluginTester",
-    "activations",
-    "activations_and_labels",
-    "count_host_syncs",
-    "labels",
-    "small_mlp",
-]
+__all__ = ["activations", "activations_and_labels", "labels"]
 
 Shape = tuple[int, ...]
 Classes = Literal["all", "absent", "any"]
@@ -235,52 +222,3 @@ def activations_and_labels(
         return st.tuples(activations(s, **activation_options), _labels(s[0], n_classes, classes))
 
     return shapes.flatmap(pair)
-
-
-HOST_SYNC_METHODS = (
-    "item",
-    "tolist",
-    "cpu",
-    "numpy",
-    "__bool__",
-    "__float__",
-    "__int__",
-    "__index__",
-)
-"""Tensor methods that make the host wait for an accelerator when called on its tensors."""
-
-
-@contextlib.contextmanager
-def count_host_syncs() -> Iterator[Counter]:
-    """Count this thread's calls of :data:`HOST_SYNC_METHODS` on tensors, by method.
-
-    On a GPU each such call on a step's tensors stalls the queue until the device
-    catches up; on the CPU they are cheap, but the same calls happen, so counting them
-    on the CPU tells how a training step would behave on a GPU::
-
-        with count_host_syncs() as calls:
-            loss = session.loss(session.model(x), y); loss.backward(); session.step_end()
-        assert sum(calls.values()) == 0
-
-    Only the calling thread is counted (the store's writer thread reads host copies).
-    The methods are restored on exit.
-    """
-    counts: Counter = Counter()
-    me = threading.get_ident()
-    originals = {name: getattr(torch.Tensor, name) for name in HOST_SYNC_METHODS}
-
-    def counted(name: str, original: Any) -> Any:
-        def method(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if threading.get_ident() == me:
-                counts[name] += 1
-            return original(self, *args, **kwargs)
-
-        return method
-
-    for name, original in originals.items():
-        setattr(torch.Tensor, name, counted(name, original))
-    try:
-        yield counts
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)

@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_train(commands)
     _add_analyze(commands)
-    from infoshape.sweep import add_parser as _add_sweep  # light: trains nothing at import
+    from infoshape.apps.sweep import add_parser as _add_sweep  # light: trains nothing at import
 
     _add_sweep(commands, _formatter)
     p = commands.add_parser(
@@ -366,7 +366,7 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from infoshape.trainer import TrainConfig, resume_config, train
+    from infoshape.apps.trainer import TrainConfig, resume_config, train
 
     if args.resume:
         config, resume = resume_config(args.resume, train_settings(args))
@@ -389,7 +389,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ analyze, report
 def _run_analyze(args: argparse.Namespace) -> int:
-    from infoshape.analysis import analyze, format_results, parse_epochs
+    from infoshape.apps.analysis import analyze, format_results, parse_epochs
 
     own = {key: getattr(args, key) for key in ("taps", "max_samples", "seed", "name")}
     options = dict(parse_assignment(text, dotted=False)[1:] for text in args.option)
@@ -401,7 +401,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from infoshape.report import report
+    from infoshape.apps.report import report
 
     paths = report(args.store, out_dir=args.out)
     print("\n".join(map(str, paths)) or "nothing to draw: the store holds no metrics")

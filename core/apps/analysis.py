@@ -33,7 +33,7 @@ import xarray as xr
 import zarr
 
 from infoshape.errors import ConfigError, InfoshapeError, PluginError, StoreError
-from infoshape.linalg import as_samples
+from infoshape.math.linalg import as_samples
 from infoshape.registry import Estimator, get_estimator, list_estimators, unknown_name
 from infoshape.store.layout import GROUPS, INPUT
 from infoshape.store.read import open_store

@@ -7,9 +7,9 @@ import pytest
 import xarray
 
 import infoshape
+from infoshape.apps.models import build_model
+from infoshape.apps.trainer import TrainConfig, evaluate, train
 from infoshape.datasets import load_digits
-from infoshape.models import build_model
-from infoshape.trainer import TrainConfig, evaluate, train
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import zarr
 
 import infoshape
 from infoshape import ConfigError, Estimator, PluginError, StoreError, Tap, UnknownNameError
-from infoshape.analysis import analyze, format_results, parse_epochs
+from infoshape.apps.analysis import analyze, format_results, parse_epochs
 from infoshape.testing import small_mlp
 
 N_PROBE, EPOCHS = 45, 3

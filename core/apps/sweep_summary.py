@@ -1,6 +1,6 @@
 """The summary of a sweep: per group, mean ± std over seeds, read back from the cells' stores.
 
-:func:`summarize` reads ``OUT/sweep.json`` (written by :func:`infoshape.sweep.run_sweep`) and
+:func:`summarize` reads ``OUT/sweep.json`` (written by :func:`infoshape.apps.sweep.run_sweep`) and
 every complete cell's store; :class:`Summary` writes ``summary.md`` and ``summary.csv`` and
 lists the cells that are not complete (failed, interrupted, missing) with their errors.
 """

@@ -17,9 +17,9 @@ pl = pytest.importorskip(
 
 import infoshape  # noqa: E402
 from infoshape import Penalty, Tap  # noqa: E402
-from infoshape.lightning import InfoshapeCallback  # noqa: E402
+from infoshape.apps.lightning import InfoshapeCallback  # noqa: E402
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
+EXAMPLES = Path(__file__).parents[3] / "examples"
 
 
 class Module(pl.LightningModule):

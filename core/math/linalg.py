@@ -147,8 +147,8 @@ def require_class_labels(labels: torch.Tensor, n_classes: int, who: str, fix: st
         torch._assert_async((low >= 0) & (high < n_classes), f"{who}: a label is out of range")
     except RuntimeError:
         raise ConfigError(
-            f"{who}: a label is out of range",
-            expected=f"class indices in [0, {n_classes - 1}]",
+            f"{who}: a label is out of range (labels are class indices in [0, n_classes))",
+            expected=f"labels in [0, {n_classes - 1}]",
             got=f"labels in [{int(low)}, {int(high)}]",
             fix=fix,
         ) from None

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from infoshape.apps.models import build_model
 from infoshape.capture import Tap
 from infoshape.checkpoint import (
     checkpoint_path,
@@ -42,7 +43,6 @@ from infoshape.checkpoint import (
     set_rng_state,
 )
 from infoshape.errors import ConfigError, DatasetNotFoundError, StoreError
-from infoshape.models import build_model
 from infoshape.probe import Probe
 from infoshape.registry import get_dataset
 from infoshape.session import Session

@@ -13,8 +13,8 @@ import pytest
 import zarr
 
 import infoshape
+from infoshape.apps.sweep import SweepConfig, cell_status, run_sweep, summarize, weight_option
 from infoshape.errors import ConfigError
-from infoshape.sweep import SweepConfig, cell_status, run_sweep, summarize, weight_option
 
 BASE = {
     "model": "mlp",
@@ -122,7 +122,7 @@ def test_summary_of_a_single_seed_has_no_std(tmp_path):
 
 def test_cli_help_in_a_subprocess():
     done = subprocess.run(
-        [sys.executable, "-m", "infoshape.cli", "sweep", "--help"],
+        [sys.executable, "-m", "infoshape", "sweep", "--help"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -133,7 +133,7 @@ def test_cli_help_in_a_subprocess():
 
 
 def test_cli_runs_a_grid_from_a_file_and_flags(tmp_path, capsys):
-    from infoshape.cli import main
+    from infoshape.apps.cli import main
 
     config = tmp_path / "sweep.toml"
     config.write_text(

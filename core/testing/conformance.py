@@ -25,9 +25,9 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 
 from infoshape.capture import Tap
+from infoshape.hookspecs import MetricSink
 from infoshape.objective import Penalty
 from infoshape.registry import DatasetSpec, Estimator
-from infoshape.sinks import MetricSink
 
 __all__ = [
     "RecordingSink",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import infoshape
-from infoshape.models import MODELS, build_model
+from infoshape.apps.models import MODELS, build_model
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 

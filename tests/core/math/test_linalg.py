@@ -1,10 +1,10 @@
-"""infoshape.linalg.pairwise_sq_distances: hand values, exact zero diagonal, gradients."""
+"""infoshape.math.linalg.pairwise_sq_distances: hand values, exact zero diagonal, gradients."""
 
 from __future__ import annotations
 
 import torch
 
-from infoshape.linalg import pairwise_sq_distances
+from infoshape.math.linalg import pairwise_sq_distances
 
 
 def test_distances_of_hand_picked_points():
