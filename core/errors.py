@@ -7,7 +7,10 @@ infoshape.InfoshapeError`` catches all of them.
 
 from __future__ import annotations
 
+import sysconfig
+import traceback
 import warnings
+from pathlib import Path
 
 __all__ = [
     "CaptureError",
@@ -108,6 +111,16 @@ def report_nonfinite(policy: str, problem: str, *, expected: str, got: str, fix:
         warnings.warn(problem, RuntimeWarning, stacklevel=4)
         return
     raise NonFiniteError(problem, expected=expected, got=got, fix=fix)
+
+
+def raised_at(err: BaseException) -> str:
+    """Where ``err`` was raised: ``file.py:LINE in function`` of its innermost frame."""
+    frames = traceback.extract_tb(err.__traceback__)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    own = [f for f in frames if not f.filename.startswith(stdlib)] or frames  # not pathlib's
+    if not own:
+        return "(unknown place)"
+    return f"{Path(own[-1].filename).name}:{own[-1].lineno} in {own[-1].name}"
 
 
 class StoreError(_Explained):

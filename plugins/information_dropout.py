@@ -54,6 +54,7 @@ from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
 from infoshape.store.layout import tap_dims
+from infoshape.syntax import by_syntax, option_syntax
 
 __all__ = [
     "MU_FLOOR",
@@ -237,7 +238,10 @@ class InformationDropout:
                 "has no n_train",
                 expected="Session(..., n_train=<number of training samples>) with n_train >= 1",
                 got=f"n_train={n_train!r}",
-                fix="pass n_train=len(train_set) to infoshape.Session (CLI: set by the trainer)",
+                fix=by_syntax(
+                    "pass n_train=len(train_set) to infoshape.Session",
+                    "infoshape train sets it; report this as a bug",
+                ),
             )
         self.config = config
 
@@ -257,11 +261,13 @@ class InformationDropout:
                 )
             ]
         if not names:
+            weighted = (nn.Linear, nn.modules.conv._ConvNd)
+            leaves = [n for n, m in model.named_modules() if isinstance(m, weighted)]
             raise ConfigError(
                 f"information_dropout found no layer to wrap in {type(model).__name__}",
                 expected="a convolution with stride > 1 or a pooling layer (the default)",
                 got="none",
-                fix='name the layers: options={"information_dropout": {"layers": ["fc1"]}}',
+                fix="name the layers: " + option_syntax(self.name, "layers", leaves[:1] or ["fc1"]),
             )
         modules = dict(model.named_modules())
         bad = [n for n in names if not n or isinstance(modules[n], _CONTAINERS)]

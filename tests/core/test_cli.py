@@ -301,3 +301,36 @@ def test_analyze_and_report_errors_exit_2(capsys, results, tmp_path):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------ messages
+def test_user_errors_of_train_exit_2_with_cli_syntax_in_the_fix(capsys, tmp_path, monkeypatch):
+    import torch
+
+    from infoshape.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    (tmp_path / "p.toml").write_text('plugins = "shade"\nepochs = 1\n')
+    cases = [
+        (
+            ["train", "--device", "mps", "--no-store"],
+            ["device 'mps' is not available on this machine", "expected: a device this machine "
+             "has: cpu", "fix: use --device "],
+        ),
+        (
+            ["train", "--config", "p.toml", "--no-store"],
+            ["train setting 'plugins' is invalid", "got: 'shade' (str)",
+             'plugins = ["shade"] in the config file, or --plugin shade'],
+        ),
+        (
+            ["train", "--plugin", "shade", "--option", "shade.p_z=gauss", "--no-store"],
+            ["option 'p_z' is not one of 'exp', 'sigmoid'", "e.g. --option shade.p_z=exp"],
+        ),
+    ]  # fmt: skip
+    for argv, expected in cases:
+        assert main([*argv, "--epochs", "1", "--no-progress"]) == 2, argv
+        err = capsys.readouterr().err
+        assert all(text in err for text in expected) and "Traceback" not in err, err
+        assert "options={" not in err and "wrong type" not in err, err
+    assert not (tmp_path / "runs").exists()
