@@ -506,8 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InfoshapeError as err:
         print(f"infoshape: error: {err}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("infoshape: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # RunInterrupted says what was kept and how to resume
+        print(f"infoshape: {err}" if str(err) else "infoshape: interrupted", file=sys.stderr)
         return 130
 
 

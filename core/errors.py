@@ -2,7 +2,9 @@
 
 Each message says what was expected, what was got, and how to fix it
 (STYLE.md §5). The types share :class:`InfoshapeError`, so ``except
-infoshape.InfoshapeError`` catches all of them.
+infoshape.InfoshapeError`` catches all of them, except :class:`RunInterrupted`: an
+interrupt (Ctrl-C) stays a ``KeyboardInterrupt``, which ``except Exception`` does
+not swallow.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = [
     "PluginError",
     "PluginHookError",
     "PluginLoadError",
+    "RunInterrupted",
     "StoreError",
     "StoreWriteError",
     "TapError",
@@ -121,6 +124,22 @@ def raised_at(err: BaseException) -> str:
     if not own:
         return "(unknown place)"
     return f"{Path(own[-1].filename).name}:{own[-1].lineno} in {own[-1].name}"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C, SIGINT); the epochs completed before it are kept.
+
+    A ``KeyboardInterrupt`` (not an :class:`InfoshapeError`). The run's store is
+    closed with status ``"interrupted"``.
+
+    Attributes:
+        epochs_kept: the number of complete epochs in the store and its checkpoint.
+        store: the store's path, or None when the run wrote none.
+    """
+
+    def __init__(self, problem: str, *, epochs_kept: int, store: str | None, fix: str) -> None:
+        self.epochs_kept, self.store, self.problem, self.fix = epochs_kept, store, problem, fix
+        super().__init__(_message(problem, expected=None, got=None, fix=fix))
 
 
 class StoreError(_Explained):

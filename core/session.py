@@ -90,7 +90,8 @@ class Session:
     see :mod:`infoshape.distributed` for how taps, the probe set, metrics and the
     store behave then. A plugin raising inside a hook ends the session (hooks
     removed, store closed with status ``"failed"``) and surfaces as
-    :class:`PluginHookError` naming the plugin and the hook.
+    :class:`PluginHookError` naming the plugin and the hook. A ``KeyboardInterrupt``
+    (Ctrl-C) leaving the ``with`` block closes the store with status ``"interrupted"``.
 
     Raises:
         PluginLoadError: a plugin is missing, broken, or given an invalid option.
@@ -720,7 +721,11 @@ class Session:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close(status="complete" if exc_type is None else "failed")
+        if exc_type is None:
+            self.close(status="complete")
+        else:  # Ctrl-C is no failure: what was stored is sound, and the run can resume
+            interrupted = issubclass(exc_type, KeyboardInterrupt)
+            self.close(status="interrupted" if interrupted else "failed")
 
     def __repr__(self) -> str:
         return (

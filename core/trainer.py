@@ -42,7 +42,7 @@ from infoshape.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from infoshape.errors import ConfigError, DatasetNotFoundError, StoreError
+from infoshape.errors import ConfigError, DatasetNotFoundError, RunInterrupted, StoreError
 from infoshape.models import build_model
 from infoshape.probe import Probe
 from infoshape.registry import get_dataset
@@ -562,6 +562,29 @@ def _plain_metric(value: Any) -> Any:
     return float(array) if array.ndim == 0 else torch.from_numpy(np.array(array))
 
 
+def _interrupted(config: TrainConfig, kept: int) -> RunInterrupted:
+    """The error of a run interrupted after ``kept`` complete epochs: what is kept, what next."""
+    store = config.store
+    done = f"{kept} complete epoch{'s are' if kept != 1 else ' is'} kept in {store}"
+    if store is None:
+        done, fix = "nothing is kept (no store)", "run it again (a run with a store can resume)"
+    elif kept == 0:
+        done = f"no epoch was complete, so nothing is kept in {store}"
+        fix = (
+            "start it again (" + by_syntax("overwrite=True", "--overwrite") + " replaces the store)"
+        )
+    else:
+        resume = by_syntax(f"train(*resume_config({store!r}))", f"infoshape train --resume {store}")
+        fix = f"continue the run with {resume}"
+    return RunInterrupted(
+        f"training was interrupted in epoch {min(kept + 1, config.epochs)} of {config.epochs}; "
+        + done,
+        epochs_kept=kept if store is not None else 0,
+        store=store,
+        fix=fix,
+    )
+
+
 # ------------------------------------------------------------------ loop
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train ``config.model`` on ``config.dataset`` through a :class:`~infoshape.Session`.
@@ -583,6 +606,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         ConfigError: an invalid setting, or CUDA requested but unavailable.
         StoreError: the store exists and ``overwrite`` is false; with ``resume``, no
             checkpoint beside the store or one of another run.
+        RunInterrupted: Ctrl-C (SIGINT); the store, closed with status ``"interrupted"``,
+            and its checkpoint keep the complete epochs, so the run can resume.
     """
     start = time.perf_counter()
     device = _torch_device(config.device)
@@ -615,25 +640,31 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         sinks=[latest],
         resume=checkpoint["session"] if checkpoint is not None else None,
     )
-    with session as s:
-        optimizer = _optimizer(config, s.model.parameters())  # after plugins wrapped it
-        if checkpoint is not None:
-            s.model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            set_rng_state(checkpoint["rng"], loader.generator)
-            history = [dict(h) for h in checkpoint["history"]]
-        for epoch in range(s.epoch, config.epochs):
-            with _progress_bar(config, len(loader), epoch) as bar:
-                _train_epoch(s, loader, optimizer, device, bar, latest)
-                metrics = _evaluate_splits(s.model, train_set, test_set, device)
-                bar.set_postfix(
-                    {**latest.postfix(), "test.accuracy": f"{metrics['test.accuracy']:.3f}"}
-                )
-            s.log_metrics(metrics, stage="epoch")
-            metrics.update(s.epoch_end(probe=probe))
-            history.append(metrics)
-            if config.store is not None:
-                _save_checkpoint(s, config, optimizer, loader, history)
+    kept = 0  # complete epochs in the store and the checkpoint
+    try:
+        with session as s:
+            optimizer = _optimizer(config, s.model.parameters())  # after plugins wrapped it
+            if checkpoint is not None:
+                s.model.load_state_dict(checkpoint["model"])
+                optimizer.load_state_dict(checkpoint["optimizer"])
+                set_rng_state(checkpoint["rng"], loader.generator)
+                history = [dict(h) for h in checkpoint["history"]]
+                kept = s.epoch
+            for epoch in range(s.epoch, config.epochs):
+                with _progress_bar(config, len(loader), epoch) as bar:
+                    _train_epoch(s, loader, optimizer, device, bar, latest)
+                    metrics = _evaluate_splits(s.model, train_set, test_set, device)
+                    bar.set_postfix(
+                        {**latest.postfix(), "test.accuracy": f"{metrics['test.accuracy']:.3f}"}
+                    )
+                s.log_metrics(metrics, stage="epoch")
+                metrics.update(s.epoch_end(probe=probe))
+                history.append(metrics)
+                if config.store is not None:
+                    _save_checkpoint(s, config, optimizer, loader, history)
+                    kept = s.epoch
+    except KeyboardInterrupt as err:  # the session closed the store as "interrupted"
+        raise _interrupted(config, kept) from err
     last = history[-1]
     return TrainResult(
         train_accuracy=last["train.accuracy"],

@@ -346,3 +346,29 @@ def test_plugin_hook_error_names_the_cause_and_where_it_was_raised(mlp):
     assert "raised in test_error_messages.py:" in message and "in infoshape_sinks" in message
     assert "check that /runs/m.csv can be written" in message
     assert "traceback" not in message
+
+
+def test_run_interrupted_says_what_is_kept_and_how_to_resume(tmp_path, monkeypatch):
+    from infoshape import trainer
+
+    evaluated = []
+
+    def evaluate_then_ctrl_c(*args):  # Ctrl-C while epoch 1 is evaluated
+        evaluated.append(args)
+        if len(evaluated) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    real = trainer._evaluate_splits
+    monkeypatch.setattr(trainer, "_evaluate_splits", evaluate_then_ctrl_c)
+    store = str(tmp_path / "a.zarr")
+    config = trainer.TrainConfig(
+        epochs=3, batch_size=256, probe_size=20, progress=False, store=store
+    )
+    with pytest.raises(infoshape.RunInterrupted) as info:
+        trainer.train(config)
+    message = _parts(info.value)
+    assert f"interrupted in epoch 2 of 3; 1 complete epoch is kept in {store}" in message
+    assert f"continue the run with train(*resume_config({store!r}))" in message
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.epochs_kept == 1
+    assert infoshape.open_store(store).attrs["status"] == "interrupted"
