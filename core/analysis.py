@@ -89,7 +89,9 @@ def _check_options(estimator: Estimator, options: Mapping[str, Any]) -> None:
                 f"estimator {estimator.name!r} has no option {key!r}",
                 expected=f"one of {', '.join(accepted) or '(no options)'}",
                 got=repr(key),
-                fix="correct the option name (CLI: --option KEY=VALUE)",
+                fix="correct the option name ("
+                + by_syntax("a keyword argument", "--option KEY=VALUE")
+                + ")",
             )
 
 
@@ -229,7 +231,7 @@ def analyze(
             "cannot name the analysis group",
             expected="a name without '/' (analysis/NAME)",
             got=repr(group),
-            fix="pass another name (CLI: --name)",
+            fix="pass another name (" + by_syntax("name=...", "--name NAME") + ")",
         )
     probe = _probe(path)
     _check_writable(path, group)  # before the work, not after it
