@@ -199,7 +199,7 @@ class Session:
 
     def _tap_error(self, plugin: str, err: TapError) -> TapError:
         """``err`` (a tap of ``plugin`` that matches no module) with the plugin named."""
-        config = getattr(self.plugins[plugin].plugin, "Config", None)
+        config = type(self.configs.get(plugin))  # NoneType for a plugin without options
         layers = attrs.has(config) and "layers" in attrs.fields_dict(config)
         names = [n for n, _ in self.module.named_modules() if n]
         example = option_syntax(plugin, "layers", names[-1:])
