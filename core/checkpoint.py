@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from infoshape.errors import StoreError, StoreWriteError
+from infoshape.syntax import by_syntax
 
 __all__ = [
     "CHECKPOINT_SUFFIX",
@@ -103,6 +104,10 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _afresh() -> str:
+    return f"start the run afresh ({by_syntax('overwrite=True', '--overwrite')} replaces the store)"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
@@ -116,7 +121,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             expected=f"the checkpoint written beside the store at each epoch end ({path.name})",
             got="nothing there" if not path.exists() else "a folder",
             fix="the run ended before its first epoch, or was not written by `infoshape "
-            "train`: start it afresh (--overwrite replaces the store)",
+            f"train`: {_afresh()}",
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -125,14 +130,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"cannot read the checkpoint {path}",
             expected="a file written by infoshape.checkpoint.save_checkpoint",
             got=f"{type(err).__name__}: {err}",
-            fix="start the run afresh (--overwrite replaces the store)",
+            fix=_afresh(),
         ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise StoreError(
             f"{path} is no infoshape checkpoint of this version",
             expected=f"a dict with format {FORMAT}",
             got=f"format {state.get('format') if isinstance(state, dict) else type(state)}",
-            fix="start the run afresh (--overwrite replaces the store)",
+            fix=_afresh(),
         )
     return state
 

@@ -2,12 +2,17 @@
 
 Each message says what was expected, what was got, and how to fix it
 (STYLE.md §5). The types share :class:`InfoshapeError`, so ``except
-infoshape.InfoshapeError`` catches all of them.
+infoshape.InfoshapeError`` catches all of them, except :class:`RunInterrupted`: an
+interrupt (Ctrl-C) stays a ``KeyboardInterrupt``, which ``except Exception`` does
+not swallow.
 """
 
 from __future__ import annotations
 
+import sysconfig
+import traceback
 import warnings
+from pathlib import Path
 
 __all__ = [
     "CaptureError",
@@ -18,6 +23,7 @@ __all__ = [
     "PluginError",
     "PluginHookError",
     "PluginLoadError",
+    "RunInterrupted",
     "StoreError",
     "StoreWriteError",
     "TapError",
@@ -108,6 +114,32 @@ def report_nonfinite(policy: str, problem: str, *, expected: str, got: str, fix:
         warnings.warn(problem, RuntimeWarning, stacklevel=4)
         return
     raise NonFiniteError(problem, expected=expected, got=got, fix=fix)
+
+
+def raised_at(err: BaseException) -> str:
+    """Where ``err`` was raised: ``file.py:LINE in function`` of its innermost frame."""
+    frames = traceback.extract_tb(err.__traceback__)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    own = [f for f in frames if not f.filename.startswith(stdlib)] or frames  # not pathlib's
+    if not own:
+        return "(unknown place)"
+    return f"{Path(own[-1].filename).name}:{own[-1].lineno} in {own[-1].name}"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C, SIGINT); the epochs completed before it are kept.
+
+    A ``KeyboardInterrupt`` (not an :class:`InfoshapeError`). The run's store is
+    closed with status ``"interrupted"``.
+
+    Attributes:
+        epochs_kept: the number of complete epochs in the store and its checkpoint.
+        store: the store's path, or None when the run wrote none.
+    """
+
+    def __init__(self, problem: str, *, epochs_kept: int, store: str | None, fix: str) -> None:
+        self.epochs_kept, self.store, self.problem, self.fix = epochs_kept, store, problem, fix
+        super().__init__(_message(problem, expected=None, got=None, fix=fix))
 
 
 class StoreError(_Explained):

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from infoshape.errors import PluginLoadError
+from infoshape.syntax import option_syntax
 
 __all__ = ["build_config", "config_as_dict", "describe_type", "with_defaults"]
 
@@ -114,6 +115,9 @@ def build_config(plugin: str, config_cls: type | None, options: Mapping[str, Any
         )
     for key, value in options.items():
         ok, options[key] = _conform(value, fields[key].type)
+        choices = _choices(fields[key].type)
+        if not ok and choices is not None:
+            raise _not_a_choice(plugin, key, value, choices)
         if not ok:
             raise PluginLoadError(
                 plugin,
@@ -125,12 +129,37 @@ def build_config(plugin: str, config_cls: type | None, options: Mapping[str, Any
     try:
         return config_cls(**options)
     except (TypeError, ValueError) as err:
+        if len(err.args) == 4 and isinstance(err.args[1], attrs.Attribute):  # attrs' in_()
+            attribute, choices, value = err.args[1:]
+            raise _not_a_choice(plugin, attribute.alias or attribute.name, value, choices) from err
         raise PluginLoadError(
             plugin,
             f"an option was refused: {err}",
             got=", ".join(f"{k}={v!r}" for k, v in options.items()),
             fix="see the plugin's documentation for the allowed range",
         ) from err
+
+
+def _choices(tp: Any) -> tuple[Any, ...] | None:
+    """The values a ``Literal`` annotation (or an optional one) allows; None for other types."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Literal:
+        return args
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        parts = [_choices(a) if a is not type(None) else (None,) for a in args]
+        return None if None in parts else tuple(v for part in parts for v in part)  # type: ignore[union-attr]
+    return None
+
+
+def _not_a_choice(plugin: str, key: str, value: Any, choices: Any) -> PluginLoadError:
+    allowed = ", ".join(map(repr, choices))
+    return PluginLoadError(
+        plugin,
+        f"option {key!r} is not one of {allowed}",
+        expected=f"one of {allowed}",
+        got=repr(value),
+        fix=f"choose one of them, e.g. {option_syntax(plugin, key, choices[0])}",
+    )
 
 
 def config_as_dict(config: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import attrs
 import pluggy
 
 from infoshape import hookspecs
-from infoshape.errors import PluginLoadError
+from infoshape.errors import PluginLoadError, raised_at
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -176,7 +176,8 @@ def _load_entry_point(ep: metadata.EntryPoint) -> PluginInfo:
         raise PluginLoadError(
             ep.name,
             f"importing its entry point {ep.value!r} raised {err!r}",
-            fix="fix the plugin module (the traceback above shows where)",
+            got=f"{type(err).__name__} raised in {raised_at(err)}",
+            fix="fix the plugin module there, or uninstall the plugin",
         ) from err
     return PluginInfo(
         name=ep.name,

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import attrs
 import numpy as np
 import torch
 from torch import nn
@@ -34,9 +35,12 @@ from infoshape.capture import Capture, Tap
 from infoshape.errors import (
     CaptureError,
     ConfigError,
+    InfoshapeError,
     NonFiniteError,
     PluginHookError,
     PluginLoadError,
+    TapError,
+    raised_at,
     report_nonfinite,
 )
 from infoshape.hookspecs import MetricSink
@@ -46,6 +50,7 @@ from infoshape.options import build_config, config_as_dict
 from infoshape.plugin_manager import PluginInfo, PluginManager, build_plugin_manager
 from infoshape.probe import Probe, as_probe, run_probe
 from infoshape.store import RunStore
+from infoshape.syntax import option_syntax, plugin_syntax
 
 __all__ = ["Session"]
 
@@ -96,7 +101,8 @@ class Session:
     see :mod:`infoshape.distributed` for how taps, the probe set, metrics and the
     store behave then. A plugin raising inside a hook ends the session (hooks
     removed, store closed with status ``"failed"``) and surfaces as
-    :class:`PluginHookError` naming the plugin and the hook.
+    :class:`PluginHookError` naming the plugin and the hook. A ``KeyboardInterrupt``
+    (Ctrl-C) leaving the ``with`` block closes the store with status ``"interrupted"``.
 
     Raises:
         PluginLoadError: a plugin is missing, broken, or given an invalid option.
@@ -186,7 +192,7 @@ class Session:
                 "has options but is not enabled",
                 expected=f"options only for enabled plugins: {', '.join(self.plugins) or '(none)'}",
                 got=", ".join(unknown),
-                fix="add it to plugins=[...] or remove its options",
+                fix=f"enable it ({plugin_syntax(unknown[0])}) or remove its options",
             )
         for name, info in self.plugins.items():
             config = build_config(name, getattr(info.plugin, "Config", None), options.get(name))
@@ -195,7 +201,7 @@ class Session:
         self._wrap_model()
         taps = list(user_taps)
         for name, result in self._call_each("infoshape_taps"):
-            taps.extend(self._checked_list(name, "infoshape_taps", result, Tap))
+            taps.extend(self._plugin_taps(name, result))
         policy = "warn" if self.on_nonfinite == "skip" else self.on_nonfinite
         if not self._check_in_step:  # captures are checked by their sums at the flush
             policy = "ignore"
@@ -213,6 +219,30 @@ class Session:
         if self.rank == 0:  # metrics are reduced across ranks and written by rank 0
             for name, result in self._call_each("infoshape_sinks"):
                 self._sinks.extend(self._checked_list(name, "infoshape_sinks", result, MetricSink))
+
+    def _plugin_taps(self, plugin: str, result: Any) -> list[Tap]:
+        """A plugin's taps, each matching a module: else a TapError naming the plugin."""
+        taps = self._checked_list(plugin, "infoshape_taps", result, Tap)
+        for tap in taps:
+            try:
+                tap.select(self.module)
+            except TapError as err:
+                raise self._tap_error(plugin, err) from err
+        return taps
+
+    def _tap_error(self, plugin: str, err: TapError) -> TapError:
+        """``err`` (a tap of ``plugin`` that matches no module) with the plugin named."""
+        config = type(self.configs.get(plugin))  # NoneType for a plugin without options
+        layers = attrs.has(config) and "layers" in attrs.fields_dict(config)
+        names = [n for n, _ in self.module.named_modules() if n]
+        example = option_syntax(plugin, "layers", names[-1:])
+        fix = f"name the modules to tap: {example}, " if layers else ""
+        return TapError(
+            f"plugin {plugin!r}: {err.problem}",
+            expected=f"a module of the model for plugin {plugin!r} to tap",
+            got=f"modules {', '.join(names[:20]) or '(none)'}",
+            fix=f"{fix}or disable {plugin!r} for this model",
+        )
 
     def _manifest(self, run_config: Mapping[str, Any] | None, store: Any) -> dict[str, Any]:
         import xarray
@@ -300,8 +330,9 @@ class Session:
                 hook,
                 f"raised {type(err).__name__}: {err}",
                 expected="the hook to return normally",
-                got=f"{type(err).__name__} at step {self.step}, epoch {self.epoch}",
-                fix=f"see the traceback; disable {impl.plugin_name!r} to run without it "
+                got=f"{type(err).__name__} at step {self.step}, epoch {self.epoch}, "
+                f"raised in {raised_at(err)}",
+                fix=f"{_remedy(err)}, or disable {impl.plugin_name!r} to run without it "
                 "(the session is closed, its store marked failed)",
             ) from err
 
@@ -796,21 +827,32 @@ class Session:
 
     def _require_open(self) -> None:
         if self.closed:
-            from infoshape.errors import InfoshapeError
-
             raise InfoshapeError("this session is closed; create a new Session to go on")
 
     def __enter__(self) -> Session:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close(status="complete" if exc_type is None else "failed")
+        if exc_type is None:
+            self.close(status="complete")
+        else:  # Ctrl-C is no failure: what was stored is sound, and the run can resume
+            interrupted = issubclass(exc_type, KeyboardInterrupt)
+            self.close(status="interrupted" if interrupted else "failed")
 
     def __repr__(self) -> str:
         return (
             f"Session(plugins={list(self.plugins)}, step={self.step}, epoch={self.epoch}, "
             f"store={str(self._store.path) if self._store else None})"
         )
+
+
+def _remedy(err: BaseException) -> str:
+    """A fix for an exception a hook raised (its message and place are in the error)."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"check that {err.filename} can be written (its folder, permissions, space)"
+    if isinstance(err, InfoshapeError):
+        return "follow the fix above"
+    return f"remove the cause of the {type(err).__name__} (named above)"
 
 
 def _plain(value: Any) -> Any:

@@ -47,6 +47,7 @@ from infoshape.errors import ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import nonempty_samples
 from infoshape.plugins.kl_pairwise import mi_tx, mi_ty
+from infoshape.syntax import option_syntax
 
 __all__ = [
     "Characteristics",
@@ -227,7 +228,7 @@ def default_layer(model: nn.Module) -> str:
         "characteristics: cannot find the last hidden layer",
         expected="a model with default_taps or an nn.ReLU module",
         got=type(model).__name__,
-        fix='name the layers: options={"characteristics": {"layers": ["relu3"]}}',
+        fix="name the layers: " + option_syntax("characteristics", "layers", ["relu3"]),
     )
 
 

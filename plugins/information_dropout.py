@@ -55,6 +55,7 @@ from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import full_precision
 from infoshape.objective import Penalty
 from infoshape.store.layout import tap_dims
+from infoshape.syntax import by_syntax, option_syntax
 
 __all__ = [
     "MU_FLOOR",
@@ -243,7 +244,10 @@ class InformationDropout:
                 "has no n_train",
                 expected="Session(..., n_train=<number of training samples>) with n_train >= 1",
                 got=f"n_train={n_train!r}",
-                fix="pass n_train=len(train_set) to infoshape.Session (CLI: set by the trainer)",
+                fix=by_syntax(
+                    "pass n_train=len(train_set) to infoshape.Session",
+                    "infoshape train sets it; report this as a bug",
+                ),
             )
         self.config = config
 
@@ -265,12 +269,14 @@ class InformationDropout:
         if not names and not self.config.layers:  # no downsampling: the hidden activations
             names = [n for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
         if not names:
+            weighted = (nn.Linear, nn.modules.conv._ConvNd)
+            leaves = [n for n, m in model.named_modules() if isinstance(m, weighted)]
             raise ConfigError(
                 f"information_dropout found no layer to wrap in {type(model).__name__}",
                 expected="a convolution with stride > 1, a pooling layer, or else a ReLU or "
                 "Softplus module (the default)",
                 got="none",
-                fix='name the layers: options={"information_dropout": {"layers": ["fc1"]}}',
+                fix="name the layers: " + option_syntax(self.name, "layers", leaves[:1] or ["fc1"]),
             )
         modules = dict(model.named_modules())
         bad = [n for n in names if not n or isinstance(modules[n], _CONTAINERS)]

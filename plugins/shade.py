@@ -63,6 +63,7 @@ from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import full_precision
 from infoshape.objective import Penalty
+from infoshape.syntax import option_syntax
 
 __all__ = [
     "P_Z",
@@ -589,7 +590,7 @@ class ShadeBinary:
                 "shade_binary needs the ReLUs to binarize",
                 expected="layers=[...] naming nn.ReLU modules",
                 got="layers=[]",
-                fix='e.g. options={"shade_binary": {"layers": ["relu2"]}}',
+                fix="e.g. " + option_syntax("shade_binary", "layers", ["relu2"]),
             )
         self.config = config
 

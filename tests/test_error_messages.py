@@ -5,6 +5,7 @@ Each error is provoked through the public API, as a user would meet it.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
@@ -112,7 +113,7 @@ def test_store_error_for_an_existing_store(tmp_path, mlp):
         infoshape.Session(mlp, store=tmp_path / "a.zarr")
     message = _parts(info.value)
     assert f"a store already exists at {tmp_path / 'a.zarr'}" in message
-    assert "overwrite=True (CLI: --overwrite)" in message
+    assert "replace it with overwrite=True" in message and "--overwrite" not in message
 
 
 def test_store_write_error_keeps_the_cause(tmp_path):
@@ -232,7 +233,7 @@ def test_store_error_for_resuming_a_store_of_another_run(tmp_path, mlp):
         infoshape.Session(mlp, store=tmp_path / "a.zarr", resume=state)
     message = _parts(info.value)
     assert f"the store at {tmp_path / 'a.zarr'} belongs to another run" in message
-    assert f"expected: run_id {state['run_id']!r}" in message and "--overwrite" in message
+    assert f"expected: run_id {state['run_id']!r}" in message and "overwrite=True" in message
 
 
 def test_plugin_load_error_for_an_unknown_option(mlp):
@@ -248,7 +249,7 @@ def test_plugin_load_error_for_options_of_a_plugin_not_enabled(mlp):
         infoshape.Session(mlp, plugins=["csv"], options={"renyi": {"alpha": 2.0}})
     message = _parts(info.value)
     assert "plugin 'renyi': has options but is not enabled" in message
-    assert "got: renyi" in message and "add it to plugins=[...]" in message
+    assert "got: renyi" in message and 'enable it (plugins=["renyi"])' in message
 
 
 def test_config_error_for_an_unknown_nonfinite_policy(mlp):
@@ -282,3 +283,92 @@ def test_plugin_hook_error_mid_training_names_step_and_closes(tmp_path, mlp, bat
     assert "got: KeyError at step 1, epoch 0" in message
     assert s.closed and not mlp.fc1._forward_hooks
     assert infoshape.open_store(tmp_path / "a.zarr").attrs["status"] == "failed"
+
+
+# ------------------------------------------------------------------ the user's syntax
+def test_a_fix_is_python_in_python_and_flags_under_the_cli():
+    from infoshape.syntax import cli_syntax
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+
+    def message() -> str:  # no ReLU, no default_taps: characteristics needs named layers
+        with pytest.raises(infoshape.InfoshapeError) as info:
+            infoshape.Session(model, plugins=["characteristics"])
+        return _parts(info.value)
+
+    assert 'options={"characteristics": {"layers": ["relu3"]}}' in message()
+    with cli_syntax():
+        cli = message()
+    assert "--option characteristics.layers='[\"relu3\"]'" in cli and "options={" not in cli
+
+
+def test_plugin_load_error_for_a_value_not_among_the_choices(mlp):
+    with pytest.raises(infoshape.PluginLoadError) as info:
+        infoshape.Session(mlp, plugins=["shade"], options={"shade": {"p_z": "gauss"}})
+    message = _parts(info.value)
+    assert "plugin 'shade': option 'p_z' is not one of 'exp', 'sigmoid'" in message
+    assert "got: 'gauss'" in message and "wrong type" not in message
+    assert 'options={"shade": {"p_z": "exp"}}' in message
+
+
+def test_tap_error_names_the_plugin_whose_default_tap_matches_nothing(mlp):
+    class Head:  # taps the model's "head" unless told otherwise, as shade taps every nn.ReLU
+        name = "head"
+
+        @attrs.frozen(kw_only=True)
+        class Config:
+            layers: tuple[str, ...] = ()
+
+        @infoshape.hookimpl
+        def infoshape_taps(self):
+            return [infoshape.Tap("head")]
+
+    with pytest.raises(infoshape.TapError) as info:
+        infoshape.Session(mlp, plugins=[Head])
+    message = _parts(info.value)
+    assert "plugin 'head': tap 'head' matches no module of SmallMLP" in message
+    assert "got: modules fc1, relu1, fc2, relu2, out" in message
+    assert 'options={"head": {"layers": ["out"]}}' in message and "disable 'head'" in message
+
+
+def test_plugin_hook_error_names_the_cause_and_where_it_was_raised(mlp):
+    class Unwritable:
+        name = "unwritable"
+
+        @infoshape.hookimpl
+        def infoshape_sinks(self):
+            raise PermissionError(13, "Permission denied", "/runs/m.csv")
+
+    with pytest.raises(infoshape.PluginHookError) as info:
+        infoshape.Session(mlp, plugins=[Unwritable])
+    message = _parts(info.value)
+    assert "raised PermissionError: [Errno 13] Permission denied: '/runs/m.csv'" in message
+    assert "raised in test_error_messages.py:" in message and "in infoshape_sinks" in message
+    assert "check that /runs/m.csv can be written" in message
+    assert "traceback" not in message
+
+
+def test_run_interrupted_says_what_is_kept_and_how_to_resume(tmp_path, monkeypatch):
+    from infoshape import trainer
+
+    evaluated = []
+
+    def evaluate_then_ctrl_c(*args):  # Ctrl-C while epoch 1 is evaluated
+        evaluated.append(args)
+        if len(evaluated) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    real = trainer._evaluate_splits
+    monkeypatch.setattr(trainer, "_evaluate_splits", evaluate_then_ctrl_c)
+    store = str(tmp_path / "a.zarr")
+    config = trainer.TrainConfig(
+        epochs=3, batch_size=256, probe_size=20, progress=False, store=store
+    )
+    with pytest.raises(infoshape.RunInterrupted) as info:
+        trainer.train(config)
+    message = _parts(info.value)
+    assert f"interrupted in epoch 2 of 3; 1 complete epoch is kept in {store}" in message
+    assert f"continue the run with train(*resume_config({store!r}))" in message
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.epochs_kept == 1
+    assert infoshape.open_store(store).attrs["status"] == "interrupted"

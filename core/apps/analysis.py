@@ -14,14 +14,19 @@ the results back into the store (``infoshape analyze`` on the command line)::
       sample  (sample,)     int64     the probe samples used (all, or a seeded subset)
 
 ``<name>`` is the estimator's name unless given; running again replaces the
-group. Metadata is re-consolidated, so ``xarray.open_datatree(path,
-engine="zarr")`` and :func:`infoshape.open_store` show the new group.
+group, but only a group an analysis wrote (its attrs hold ``estimator`` and
+``infoshape_version``): any other node there is refused and left as it is. The
+store must be writable; that is checked before anything is computed. Metadata is
+re-consolidated, so ``xarray.open_datatree(path, engine="zarr")`` and
+:func:`infoshape.open_store` show the new group.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import inspect
+import os
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +42,7 @@ from infoshape.math.linalg import as_samples
 from infoshape.registry import Estimator, get_estimator, list_estimators, unknown_name
 from infoshape.store.layout import GROUPS, INPUT
 from infoshape.store.read import open_store
+from infoshape.syntax import by_syntax
 
 __all__ = ["analyze", "format_results", "parse_epochs", "resolve_estimator", "write_analysis"]
 
@@ -83,7 +89,9 @@ def _check_options(estimator: Estimator, options: Mapping[str, Any]) -> None:
                 f"estimator {estimator.name!r} has no option {key!r}",
                 expected=f"one of {', '.join(accepted) or '(no options)'}",
                 got=repr(key),
-                fix="correct the option name (CLI: --option KEY=VALUE)",
+                fix="correct the option name ("
+                + by_syntax("a keyword argument", "--option KEY=VALUE")
+                + ")",
             )
 
 
@@ -205,7 +213,8 @@ def analyze(
 
     Raises:
         UnknownNameError: an unknown estimator or tap.
-        StoreError: the store has no probe data (or no probe inputs).
+        StoreError: the store has no probe data (or no probe inputs), cannot be written,
+            or holds an ``analysis/<name>`` that no analysis wrote.
         ConfigError: an estimator without ``information_plane``, an unknown option or epoch.
         PluginError: the estimator failed or returned something else than two scalars.
     """
@@ -222,9 +231,10 @@ def analyze(
             "cannot name the analysis group",
             expected="a name without '/' (analysis/NAME)",
             got=repr(group),
-            fix="pass another name (CLI: --name)",
+            fix="pass another name (" + by_syntax("name=...", "--name NAME") + ")",
         )
     probe = _probe(path)
+    _check_writable(path, group)  # before the work, not after it
     tap_names = _select_taps(probe, taps)
     epoch_values = _select_epochs(probe, epochs)
     samples = _select_samples(probe.sizes["sample"], max_samples, seed)
@@ -281,11 +291,52 @@ def analyze(
     return result
 
 
+def _written_by_analysis(node: Any) -> bool:
+    """Whether a zarr node is an ``analysis/<name>`` group that :func:`analyze` wrote."""
+    return isinstance(node, zarr.Group) and {"estimator", "infoshape_version"} <= set(node.attrs)
+
+
+def _refuse_foreign(store: Path, name: str, node: Any) -> None:
+    if not _written_by_analysis(node):
+        kind = "a group" if isinstance(node, zarr.Group) else "an array"
+        raise StoreError(
+            f"{store}/analysis/{name} was not written by infoshape analyze; it is left as it is",
+            expected="a new name, or a group an analysis wrote (attrs estimator, "
+            "infoshape_version)",
+            got=f"{kind} with attrs {sorted(node.attrs)}",
+            fix="choose another name (" + by_syntax("name=...", "--name NAME") + ")",
+        )
+
+
+def _check_writable(store: Path, name: str) -> None:
+    """Refuse a store that cannot be written, or whose ``analysis/<name>`` is not ours."""
+    folder = store / "analysis" if (store / "analysis").is_dir() else store
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".infoshape-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise StoreError(
+            f"cannot write the analysis into {store}",
+            expected="a store that can be written to (analysis/NAME is added to it)",
+            got=f"{type(err).__name__}: {err}",
+            fix="copy the store to a writable place and analyze the copy, or make it "
+            "writable; nothing was computed",
+        ) from err
+    root = zarr.open_group(str(store), mode="r", use_consolidated=False)
+    parent = root.get("analysis")
+    if isinstance(parent, zarr.Group) and name in parent:
+        _refuse_foreign(store, name, parent[name])
+
+
 def write_analysis(store: str | Path, name: str, result: xr.Dataset) -> None:
     """Write ``result`` as the group ``analysis/<name>`` (replacing it) and re-consolidate.
 
     Every variable becomes a zarr v3 array with ``dimension_names``; the Dataset's attrs
     become the group's attrs.
+
+    Raises:
+        StoreError: ``analysis/<name>`` exists but no analysis wrote it (it is kept).
     """
     path = Path(store)
     root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
@@ -294,6 +345,7 @@ def write_analysis(store: str | Path, name: str, result: xr.Dataset) -> None:
     parent = root["analysis"]
     assert isinstance(parent, zarr.Group)
     if name in parent:
+        _refuse_foreign(path, name, parent[name])
         del parent[name]
     group = parent.create_group(name, attributes=_jsonable(dict(result.attrs)))
     for key, variable in result.variables.items():

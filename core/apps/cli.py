@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from infoshape.errors import ConfigError, InfoshapeError
+from infoshape.syntax import cli_syntax
 
 __all__ = [
     "EXIT_ERROR",
@@ -340,7 +341,7 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_store:
         settings["store"] = None
     plugins = settings.get("plugins", [])
-    plugins = [plugins] if isinstance(plugins, str) else list(plugins)
+    plugins = list(plugins) if isinstance(plugins, list | tuple) else plugins  # "x": refused
     options: dict[str, dict[str, Any]] = {}
     for text in args.option:
         plugin, key, value = parse_assignment(text, dotted=True)
@@ -350,7 +351,7 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
         ("tensorboard", "log_dir", args.tensorboard),
     ):
         if value is not None:
-            plugins += [] if plugin in plugins else [plugin]
+            plugins += [] if plugin in plugins or not isinstance(plugins, list) else [plugin]
             options.setdefault(plugin, {})[key] = value
     if plugins or "plugins" in settings:
         settings["plugins"] = plugins
@@ -500,12 +501,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help and --version exit 0, usage errors 2
         return int(exit_.code or 0)
     try:
-        return int(args.run(args))
+        with cli_syntax():  # fixes in messages name flags, not Python arguments
+            return int(args.run(args))
     except InfoshapeError as err:
         print(f"infoshape: error: {err}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("infoshape: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # RunInterrupted says what was kept and how to resume
+        print(f"infoshape: {err}" if str(err) else "infoshape: interrupted", file=sys.stderr)
         return 130
 
 

@@ -8,11 +8,18 @@
 
 Figures are drawn with matplotlib's object API on the Agg canvas, so no
 global backend is set and no window opens. Nothing here imports torch.
+
+The report writes only those file names, and replaces such a file only when an
+earlier report wrote it (its PNG ``Software`` text says ``infoshape ... report``):
+a file of the user's in the output folder is never deleted or overwritten.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import struct
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +28,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from infoshape.errors import ConfigError
 from infoshape.store.read import open_store
+from infoshape.syntax import by_syntax
 
 __all__ = ["default_report_dir", "plot_information_plane", "plot_metrics", "report"]
 
@@ -46,9 +55,76 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(figure: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=_DPI)
+    from infoshape import __version__
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=_DPI, metadata={"Software": f"infoshape {__version__} report"})
+    except OSError as err:  # disk full, permissions changed since the check
+        raise _unwritable(path.parent, err) from err
     return path
+
+
+def _written_by_report(path: Path) -> bool:
+    """Whether ``path`` is a PNG a report wrote: its ``Software`` text chunk says so."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    position = 8 if data.startswith(b"\x89PNG\r\n\x1a\n") else len(data)
+    while position + 8 <= len(data):
+        size = struct.unpack(">I", data[position : position + 4])[0]
+        kind = data[position + 4 : position + 8]
+        if kind == b"tEXt":
+            key, _, text = data[position + 8 : position + 8 + size].partition(b"\0")
+            if key == b"Software" and text.startswith(b"infoshape ") and text.endswith(b" report"):
+                return True
+        if kind == b"IDAT":  # text chunks come before the image data
+            return False
+        position += 12 + size
+    return False
+
+
+def _check_out(out: Path, names: list[str]) -> None:
+    """Refuse an ``out`` that is a file, that cannot be written, or holds files of the user's.
+
+    Nothing is written or deleted when it refuses.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"the report folder {out} is a file",
+            expected="a folder (made if missing) for the report's PNG files",
+            got=f"a file at {out}",
+            fix=f"pass another folder ({_out_syntax()}); the file is left as it is",
+        )
+    theirs = [n for n in names if (out / n).exists() and not _written_by_report(out / n)]
+    if theirs:
+        raise ConfigError(
+            f"the report would overwrite files it did not write in {out}",
+            expected=f"no file of these names, or ones an earlier report wrote: {', '.join(names)}",
+            got=", ".join(theirs),
+            fix=f"pass another folder ({_out_syntax()}) or move those files (left as they are)",
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=out, prefix=".infoshape-")  # can we write?
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise _unwritable(out, err) from err
+
+
+def _unwritable(out: Path, err: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot write the report to {out}",
+        expected="a folder that can be made and written to",
+        got=f"{type(err).__name__}: {err}",
+        fix=f"pass a writable folder ({_out_syntax()})",
+    )
+
+
+def _out_syntax() -> str:
+    return by_syntax("out_dir=DIR", "--out DIR")
 
 
 def plot_information_plane(
@@ -253,15 +329,22 @@ def report(store: str | Path, out_dir: str | Path | None = None) -> list[Path]:
 
     Raises:
         StoreError: ``store`` is no infoshape store.
+        ConfigError: ``out_dir`` is a file, cannot be written, or holds a file of one of
+            those names that no report wrote (nothing is written then).
     """
     tree = open_store(store)
     out = Path(out_dir) if out_dir is not None else default_report_dir(store)
     written: list[Path] = []
     probe = tree["probe"].to_dataset() if "probe" in tree.children else xr.Dataset()
-    for name, node in sorted(tree["analysis"].children.items() if "analysis" in tree else []):
-        analysis = node.to_dataset()
-        if not ({"I_XT", "I_TY"} <= set(analysis.data_vars) and analysis.sizes.get("epoch")):
-            continue
+    analyses = {
+        name: analysis
+        for name, node in sorted(tree["analysis"].children.items() if "analysis" in tree else [])
+        if {"I_XT", "I_TY"} <= set((analysis := node.to_dataset()).data_vars)
+        and analysis.sizes.get("epoch")
+    }
+    names = [f"information_plane_{_safe(name)}.png" for name in analyses]
+    _check_out(out, names + (["metrics.png"] if "metrics" in tree.children else []))
+    for name, analysis in analyses.items():
         labels = None
         if "label" in probe.coords:
             used = analysis["sample"].values if "sample" in analysis.coords else slice(None)

@@ -4,7 +4,7 @@ Users with their own loop (or Lightning) talk to :class:`~infoshape.Session`
 directly; this module is that loop for the zoo models and registered data
 sets, configured by one frozen :class:`TrainConfig`::
 
-    from infoshape.trainer import TrainConfig, train
+    from infoshape.apps.trainer import TrainConfig, train
     result = train(TrainConfig(model="mlp", dataset="digits", epochs=10, plugins=("csv",)))
     result.test_accuracy, result.store
 
@@ -18,6 +18,7 @@ are stored as ``(epoch, sample, ...)``.
 from __future__ import annotations
 
 import difflib
+import json
 import random
 import sys
 import time
@@ -42,10 +43,11 @@ from infoshape.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from infoshape.errors import ConfigError, DatasetNotFoundError, StoreError
+from infoshape.errors import ConfigError, DatasetNotFoundError, RunInterrupted, StoreError
 from infoshape.probe import Probe
 from infoshape.registry import get_dataset
 from infoshape.session import Session
+from infoshape.syntax import by_syntax, plugin_syntax
 
 __all__ = [
     "RESUMABLE_SETTINGS",
@@ -119,6 +121,20 @@ def _names(value: Any) -> bool:
     return isinstance(value, tuple) and all(_is_str(v) for v in value)
 
 
+def _plugin_names(_instance: object, _attribute: attrs.Attribute, value: Any) -> None:
+    """A list of plugin names; a string is refused, not read as one name or as letters."""
+    if _names(value):
+        return
+    names = [value] if _is_str(value) else ["csv"]
+    in_file = f"plugins = {json.dumps(names)} in the config file, or {plugin_syntax(*names)}"
+    raise ConfigError(
+        "train setting 'plugins' is invalid",
+        expected="a list of plugin names",
+        got=f"{value!r} ({type(value).__name__})",
+        fix=f"write it as a list: {by_syntax(plugin_syntax(*names), in_file)}",
+    )
+
+
 def _options(value: Any) -> bool:
     return isinstance(value, Mapping) and all(
         isinstance(k, str) and isinstance(v, Mapping) for k, v in value.items()
@@ -185,8 +201,8 @@ class TrainConfig:
     seed: int = attrs.field(default=0, validator=_int_at_least(0, "0"))
     plugins: tuple[str, ...] = attrs.field(
         default=(),
-        converter=_to_names,
-        validator=_setting("a list of plugin names", _names, "['csv']"),
+        converter=lambda v: tuple(v) if isinstance(v, list) else v,  # "shade" is refused
+        validator=_plugin_names,
     )
     options: dict[str, dict[str, Any]] = attrs.field(
         factory=dict,
@@ -351,15 +367,26 @@ def _probe_set(test_set: Dataset, size: int, seed: int) -> Probe:
 
 
 def _torch_device(name: str) -> torch.device:
+    """``name`` as a device of this machine; else a ConfigError naming the devices it has."""
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "CUDA was requested but is not available",
-            expected="a machine with a CUDA GPU and a CUDA build of torch",
-            got=f"device={name!r}, torch.cuda.is_available() is False",
-            fix="use --device cpu",
-        )
-    return device
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = torch.backends.mps.is_available()
+    present = {"cpu": True, "cuda": n_cuda > (device.index or 0), "mps": mps}
+    if present.get(device.type, True):  # other types: torch says whether it has them
+        return device
+    available = ["cpu", *(f"cuda:{i}" for i in range(n_cuda)), *(["mps"] if mps else [])]
+    why = {
+        "cuda": f"torch.cuda.device_count() is {n_cuda}"
+        + ("" if torch.cuda.is_available() else " (torch.cuda.is_available() is False)"),
+        "mps": "torch.backends.mps.is_available() is False"
+        + ("" if torch.backends.mps.is_built() else " (this torch is built without MPS)"),
+    }[device.type]
+    raise ConfigError(
+        f"device {name!r} is not available on this machine",
+        expected=f"a device this machine has: {', '.join(available)}",
+        got=f"device={name!r}; {why}",
+        fix="use " + by_syntax(f"device={available[-1]!r}", f"--device {available[-1]}"),
+    )
 
 
 def _optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
@@ -375,8 +402,8 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Dataset, Dataset]:
             f"data set {spec.name!r} needs its files in a local folder",
             expected="data_root naming that folder",
             got="no data root",
-            fix="pass --data-root DIR (data_root in a config file); "
-            "`infoshape datasets` says which data sets need one",
+            fix=by_syntax("pass data_root=DIR", "pass --data-root DIR (data_root in a config file)")
+            + "; `infoshape datasets` says which data sets need one",
         )
     return spec, spec.load("train", config.data_root), spec.load("test", config.data_root)
 
@@ -483,7 +510,7 @@ def _resume_state(config: TrainConfig) -> dict[str, Any]:
             "resuming needs a store",
             expected="the store of the run to resume",
             got="store=None",
-            fix="pass --resume STORE",
+            fix=by_syntax("give the config the store to resume", "pass --resume STORE"),
         )
     state = load_checkpoint(checkpoint_path(config.store))
     saved = {k: v for k, v in state["config"].items() if k not in RESUMABLE_SETTINGS}
@@ -494,8 +521,10 @@ def _resume_state(config: TrainConfig) -> dict[str, Any]:
             f"the checkpoint beside {config.store} is from another run",
             expected=", ".join(f"{k}={saved.get(k)!r}" for k in diff),
             got=", ".join(f"{k}={given[k]!r}" for k in diff),
-            fix="resume with the run's own settings (infoshape train --resume STORE), or "
-            "start afresh with overwrite=True (--overwrite)",
+            fix="resume with the run's own settings ("
+            + by_syntax("resume_config(STORE)", "infoshape train --resume STORE")
+            + "), or start afresh with "
+            + by_syntax("overwrite=True", "--overwrite"),
         )
     return state
 
@@ -533,6 +562,29 @@ def _plain_metric(value: Any) -> Any:
     return float(array) if array.ndim == 0 else torch.from_numpy(np.array(array))
 
 
+def _interrupted(config: TrainConfig, kept: int) -> RunInterrupted:
+    """The error of a run interrupted after ``kept`` complete epochs: what is kept, what next."""
+    store = config.store
+    done = f"{kept} complete epoch{'s are' if kept != 1 else ' is'} kept in {store}"
+    if store is None:
+        done, fix = "nothing is kept (no store)", "run it again (a run with a store can resume)"
+    elif kept == 0:
+        done = f"no epoch was complete, so nothing is kept in {store}"
+        fix = (
+            "start it again (" + by_syntax("overwrite=True", "--overwrite") + " replaces the store)"
+        )
+    else:
+        resume = by_syntax(f"train(*resume_config({store!r}))", f"infoshape train --resume {store}")
+        fix = f"continue the run with {resume}"
+    return RunInterrupted(
+        f"training was interrupted in epoch {min(kept + 1, config.epochs)} of {config.epochs}; "
+        + done,
+        epochs_kept=kept if store is not None else 0,
+        store=store,
+        fix=fix,
+    )
+
+
 # ------------------------------------------------------------------ loop
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train ``config.model`` on ``config.dataset`` through a :class:`~infoshape.Session`.
@@ -554,6 +606,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         ConfigError: an invalid setting, or CUDA requested but unavailable.
         StoreError: the store exists and ``overwrite`` is false; with ``resume``, no
             checkpoint beside the store or one of another run.
+        RunInterrupted: Ctrl-C (SIGINT); the store, closed with status ``"interrupted"``,
+            and its checkpoint keep the complete epochs, so the run can resume.
     """
     start = time.perf_counter()
     device = _torch_device(config.device)
@@ -586,25 +640,31 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         sinks=[latest],
         resume=checkpoint["session"] if checkpoint is not None else None,
     )
-    with session as s:
-        optimizer = _optimizer(config, s.model.parameters())  # after plugins wrapped it
-        if checkpoint is not None:
-            s.model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            set_rng_state(checkpoint["rng"], loader.generator)
-            history = [dict(h) for h in checkpoint["history"]]
-        for epoch in range(s.epoch, config.epochs):
-            with _progress_bar(config, len(loader), epoch) as bar:
-                _train_epoch(s, loader, optimizer, device, bar, latest)
-                metrics = _evaluate_splits(s.model, train_set, test_set, device)
-                bar.set_postfix(
-                    {**latest.postfix(), "test.accuracy": f"{metrics['test.accuracy']:.3f}"}
-                )
-            s.log_metrics(metrics, stage="epoch")
-            metrics.update(s.epoch_end(probe=probe))
-            history.append(metrics)
-            if config.store is not None:
-                _save_checkpoint(s, config, optimizer, loader, history)
+    kept = 0  # complete epochs in the store and the checkpoint
+    try:
+        with session as s:
+            optimizer = _optimizer(config, s.model.parameters())  # after plugins wrapped it
+            if checkpoint is not None:
+                s.model.load_state_dict(checkpoint["model"])
+                optimizer.load_state_dict(checkpoint["optimizer"])
+                set_rng_state(checkpoint["rng"], loader.generator)
+                history = [dict(h) for h in checkpoint["history"]]
+                kept = s.epoch
+            for epoch in range(s.epoch, config.epochs):
+                with _progress_bar(config, len(loader), epoch) as bar:
+                    _train_epoch(s, loader, optimizer, device, bar, latest)
+                    metrics = _evaluate_splits(s.model, train_set, test_set, device)
+                    bar.set_postfix(
+                        {**latest.postfix(), "test.accuracy": f"{metrics['test.accuracy']:.3f}"}
+                    )
+                s.log_metrics(metrics, stage="epoch")
+                metrics.update(s.epoch_end(probe=probe))
+                history.append(metrics)
+                if config.store is not None:
+                    _save_checkpoint(s, config, optimizer, loader, history)
+                    kept = s.epoch
+    except KeyboardInterrupt as err:  # the session closed the store as "interrupted"
+        raise _interrupted(config, kept) from err
     last = history[-1]
     return TrainResult(
         train_accuracy=last["train.accuracy"],

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from infoshape.errors import StoreError
+from infoshape.syntax import by_syntax
 
 __all__ = ["infoshape_manifest", "prepare_store_path"]
 
@@ -71,8 +72,9 @@ def prepare_store_path(path: str | Path, overwrite: bool) -> None:
             f"status {manifest.get('status')!r})",
             expected="a new path",
             got=str(path),
-            fix="choose another path, continue the run with resume (CLI: --resume), or "
-            "replace it with overwrite=True (CLI: --overwrite)",
+            fix="choose another path, continue the run with "
+            + by_syntax("resume=<its checkpoint's session state>", f"--resume {path}")
+            + f", or replace it with {by_syntax('overwrite=True', '--overwrite')}",
         )
     path.with_name(path.name + CHECKPOINT_SUFFIX).unlink(missing_ok=True)
     shutil.rmtree(path)

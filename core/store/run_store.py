@@ -33,6 +33,7 @@ from infoshape.store.layout import (
 )
 from infoshape.store.streams import StreamWriter, to_numpy
 from infoshape.store.writer import WriterThread
+from infoshape.syntax import by_syntax
 
 __all__ = ["RunStore"]
 
@@ -148,7 +149,7 @@ class RunStore:
                 expected=f"run_id {resume.get('run_id')!r} (the checkpoint's run)",
                 got=f"run_id {found!r}",
                 fix="resume with the checkpoint written beside this store, or start a new "
-                "run (overwrite=True, CLI: --overwrite, replaces the store)",
+                f"run ({by_syntax('overwrite=True', '--overwrite')} replaces the store)",
             )
         previous: list[Any] = list(root.attrs.get("resumed") or [])  # type: ignore[arg-type]
         resumes = [*previous, {**_resume_record(resume)}]

@@ -11,9 +11,12 @@ store of a run that was never interrupted.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +173,41 @@ def test_kill_and_resume_stores_every_epoch_once(
     np.testing.assert_array_equal(probe["epoch"].values, [0, 1, 2])
     for name in probe_expected.data_vars:
         np.testing.assert_array_equal(probe[name].values, probe_expected[name].values)
+
+
+def test_sigint_keeps_the_complete_epochs_and_says_how_to_resume(tmp_path):
+    store = tmp_path / "run.zarr"
+    args = [*ARGS[2:], "--epochs", "50", "--seed", "1", "--store", str(store)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "infoshape.cli", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not checkpoint_path(store).exists() and child.poll() is None:  # epoch 0 committed
+        assert time.monotonic() < deadline, "no epoch was committed in time"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+
+    assert child.returncode == 130 and "Traceback" not in err, err
+    found = re.search(
+        r"interrupted in epoch (\d+) of 50; (\d+) complete epochs? (is|are) kept", err
+    )
+    assert found is not None, err
+    kept = int(found[2])
+    assert kept >= 1 and int(found[1]) == kept + 1
+    assert f"--resume {store}" in err
+    interrupted = infoshape.open_store(store)
+    assert interrupted.attrs["status"] == "interrupted"
+    assert interrupted["metrics"]["epoch"].size >= kept
+    assert load_checkpoint(checkpoint_path(store))["session"]["epoch"] == kept
+
+    assert main(["train", "--resume", str(store), "--epochs", str(kept + 1)]) == 0
+    resumed = infoshape.open_store(store)
+    assert resumed.attrs["status"] == "complete"
+    np.testing.assert_array_equal(resumed["metrics"]["epoch"].values, np.arange(kept + 1))
 
 
 def _metric_store(path, epochs, steps_per_epoch=4):

@@ -107,7 +107,7 @@ def test_existing_store_is_refused_unless_overwrite(tmp_path, mlp):
         infoshape.Session(mlp, store=path)
     message = str(info.value)
     assert "a store already exists" in message and "overwrite=True" in message
-    assert "--resume" in message  # the other way on: continue the run
+    assert "resume=" in message and "--" not in message  # or continue the run, in Python
     checkpoint = tmp_path / "run.zarr.checkpoint.pt"
     checkpoint.write_bytes(b"the old run's checkpoint")
     infoshape.Session(mlp, store=path, overwrite=True).close()

@@ -8,8 +8,10 @@ are checked in-process, through the same ``main``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -301,3 +303,123 @@ def test_analyze_and_report_errors_exit_2(capsys, results, tmp_path):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------ messages
+def test_user_errors_of_train_exit_2_with_cli_syntax_in_the_fix(capsys, tmp_path, monkeypatch):
+    import torch
+
+    from infoshape.apps.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    (tmp_path / "p.toml").write_text('plugins = "shade"\nepochs = 1\n')
+    cases = [
+        (
+            ["train", "--device", "mps", "--no-store"],
+            ["device 'mps' is not available on this machine", "expected: a device this machine "
+             "has: cpu", "fix: use --device "],
+        ),
+        (
+            ["train", "--config", "p.toml", "--no-store"],
+            ["train setting 'plugins' is invalid", "got: 'shade' (str)",
+             'plugins = ["shade"] in the config file, or --plugin shade'],
+        ),
+        (
+            ["train", "--plugin", "shade", "--option", "shade.p_z=gauss", "--no-store"],
+            ["option 'p_z' is not one of 'exp', 'sigmoid'", "e.g. --option shade.p_z=exp"],
+        ),
+    ]  # fmt: skip
+    for argv, expected in cases:
+        assert main([*argv, "--epochs", "1", "--no-progress"]) == 2, argv
+        err = capsys.readouterr().err
+        assert all(text in err for text in expected) and "Traceback" not in err, err
+        assert "options={" not in err and "wrong type" not in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """Make ``folder`` and its sub-folders unwritable, for root too (``chattr +i``)."""
+    folders = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+    if os.geteuid() != 0:
+        for path in folders:
+            path.chmod(0o555)
+        undo = lambda: [path.chmod(0o755) for path in folders]  # noqa: E731
+    elif (
+        shutil.which("chattr")
+        and not subprocess.run(["chattr", "+i", *folders], capture_output=True).returncode
+    ):
+        undo = lambda: subprocess.run(["chattr", "-i", *folders], check=True)  # noqa: E731
+    else:
+        pytest.skip("cannot make a folder read-only for root here (no chattr +i)")
+    try:
+        yield
+    finally:
+        undo()
+
+
+def test_analyze_refuses_a_read_only_store_before_computing(pipeline, tmp_path, capsys):
+    import infoshape
+    from infoshape.apps.analysis import analyze
+    from infoshape.apps.cli import main
+
+    store = tmp_path / "ro.zarr"
+    shutil.copytree(pipeline["store"], store)
+    calls = []
+    record = infoshape.Estimator(
+        name="counting", function=len, information_plane=lambda *a: calls.append(a) or (0, 0)
+    )
+    with _read_only(store):
+        with pytest.raises(infoshape.StoreError, match="cannot write the analysis into"):
+            analyze(store, record)
+        assert calls == []  # refused before the first slab
+        assert main(["analyze", str(store), "--estimator", SHIPPED_ESTIMATOR]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the analysis into {store}" in err and "nothing was computed" in err
+    assert "Traceback" not in err, err
+
+
+def test_analyze_replaces_only_a_group_an_analysis_wrote(pipeline, tmp_path, capsys):
+    import zarr
+
+    from infoshape.apps.cli import main
+
+    store = tmp_path / "a.zarr"
+    shutil.copytree(pipeline["store"], store)
+    mine = zarr.open_group(str(store / "analysis"), mode="r+").create_group("mine")
+    mine.attrs["author"] = "me"
+    mine.create_array("x", shape=(2,), dtype="f8")[...] = [1.0, 2.0]
+    analyze = ["analyze", str(store), "--estimator", SHIPPED_ESTIMATOR, "--max-samples", "30"]
+    assert main([*analyze, "--name", "mine", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{store}/analysis/mine was not written by infoshape analyze" in err
+    assert "got: a group with attrs ['author']" in err and "--name NAME" in err
+    kept = zarr.open_group(str(store / "analysis" / "mine"), mode="r")
+    assert dict(kept.attrs) == {"author": "me"} and list(kept["x"][...]) == [1.0, 2.0]
+    assert main([*analyze, "--no-progress"]) == 0  # its own group: replaced
+
+
+def test_report_never_overwrites_a_file_it_did_not_write(pipeline, tmp_path, capsys):
+    from infoshape.apps.cli import main
+
+    store = str(pipeline["store"])
+    figures, notes = tmp_path / "figures", tmp_path / "notes.txt"
+    figures.mkdir()
+    (figures / "metrics.png").write_text("my own plot")
+    (figures / "notes.txt").write_text("mine")
+    notes.write_text("mine too")
+    cases = [
+        (figures, "the report would overwrite files it did not write"),
+        (notes, f"the report folder {notes} is a file"),
+        (notes / "sub", f"cannot write the report to {notes / 'sub'}"),
+    ]
+    for out, message in cases:
+        assert main(["report", store, "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert message in err and "--out DIR" in err and "Traceback" not in err, err
+    assert (figures / "metrics.png").read_text() == "my own plot"
+    assert sorted(p.name for p in figures.iterdir()) == ["metrics.png", "notes.txt"]
+    assert notes.read_text() == "mine too"
+    for _ in range(2):  # its own files it replaces
+        assert main(["report", store, "--out", str(tmp_path / "ours")]) == 0

@@ -112,7 +112,7 @@ def test_lists_and_ints_are_normalised():
 def test_dataset_needing_a_root_without_one():
     with pytest.raises(infoshape.DatasetNotFoundError, match="needs its files") as info:
         train(TrainConfig(dataset="mnist", store=None))
-    assert "--data-root" in str(info.value)
+    assert "data_root=DIR" in str(info.value) and "--data-root" not in str(info.value)
 
 
 def test_unknown_model_and_plugin_fail_before_training(tmp_path):
