@@ -422,7 +422,7 @@ def format_results(result: xr.Dataset, max_rows: int = 40) -> str:
     The assumption flags get a column when any point has one.
     """
     attrs = result.attrs
-    flagged = "flags" in result and bool((result["flags"].astype(str) != "").any())
+    flagged = "flags" in result and any(map(str, result["flags"].values.ravel().tolist()))
     names = ["I_XT", "I_TY", "flags"] if flagged else ["I_XT", "I_TY"]
     table = result[names].drop_vars("sample", errors="ignore").to_dataframe()
     table.columns = [f"I(X;T) [{attrs.get('unit')}]", f"I(T;Y) [{attrs.get('unit')}]"] + (
