@@ -116,8 +116,9 @@ def _notes(analysis: xr.Dataset, ty: np.ndarray, h_y: float | None) -> list[str]
         meaning = ASSUMPTION_CONDITIONS.get(condition, "the estimator's assumption fails")
         notes.append(f"{condition}: {meaning}")
     finite = ty[np.isfinite(ty)]
-    at_ceiling = h_y is not None and h_y > 0 and finite.size > 0
-    if at_ceiling and np.all(np.abs(finite - h_y) <= _CEILING_RTOL * max(h_y, 1.0)):
+    if h_y is None or h_y <= 0 or not finite.size:
+        return notes
+    if np.all(np.abs(finite - h_y) <= _CEILING_RTOL * max(h_y, 1.0)):
         notes.append(
             f"every point sits at the ceiling I(T;Y) = H(Y) = {h_y:.3g}: the estimate "
             "cannot tell the layers or epochs apart"
