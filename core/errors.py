@@ -1,10 +1,11 @@
-"""Every exception type infoshape raises.
+"""Every exception and warning type infoshape raises.
 
 Each message says what was expected, what was got, and how to fix it
 (STYLE.md §5). The types share :class:`InfoshapeError`, so ``except
 infoshape.InfoshapeError`` catches all of them, except :class:`RunInterrupted`: an
 interrupt (Ctrl-C) stays a ``KeyboardInterrupt``, which ``except Exception`` does
-not swallow.
+not swallow. Warnings share
+:class:`InfoshapeWarning`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ __all__ = [
     "CaptureError",
     "ConfigError",
     "DatasetNotFoundError",
+    "EstimatorAssumptionWarning",
     "InfoshapeError",
+    "InfoshapeWarning",
     "NonFiniteError",
     "PluginError",
     "PluginHookError",
@@ -152,3 +155,49 @@ class StoreWriteError(StoreError):
 
 class DatasetNotFoundError(_Explained, FileNotFoundError):
     """A data set needs files that are not under the given root."""
+
+
+class InfoshapeWarning(UserWarning):
+    """Base class of every infoshape warning."""
+
+
+class EstimatorAssumptionWarning(InfoshapeWarning):
+    """An estimate holds only under an assumption that the data break.
+
+    Raised with :func:`warnings.warn` by an estimator; the value is still returned (capped
+    where the warning says so). ``infoshape analyze`` records the conditions per
+    ``(epoch, tap)`` in the analysis group (``assumption_flags``) and the report marks them.
+
+    Attributes:
+        estimator: the estimator's registry name (``"gaussian"``).
+        condition: a short code: one of ``ASSUMPTION_CONDITIONS`` for the built-in
+            estimators (a third-party estimator may add its own).
+    """
+
+    def __init__(
+        self,
+        estimator: str,
+        condition: str,
+        problem: str,
+        *,
+        expected: str | None = None,
+        got: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.estimator, self.condition = estimator, condition
+        self.problem, self.expected, self.got, self.fix = problem, expected, got, fix
+        text = _message(
+            f"{estimator}: {problem} [{condition}]", expected=expected, got=got, fix=fix
+        )
+        super().__init__(text)
+
+
+#: the ``condition`` codes of :class:`EstimatorAssumptionWarning` and what each means.
+ASSUMPTION_CONDITIONS = {
+    "ridge_dominated": "a covariance is (near) singular, so the ridge, not the data, sets the "
+    "log-determinant (a deterministic layer, fewer samples than dimensions, overall or in a class)",
+    "exceeds_h_y": "the raw estimate of I(T;Y) exceeded H(Y), the plug-in entropy of the labels; "
+    "the value reported is capped at H(Y)",
+    "saturated": "I(X;T) is at log N: every sample is told apart, so I(X;T) = log N and "
+    "I(T;Y) = H(Y) hold trivially and say nothing about the layer",
+}

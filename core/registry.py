@@ -41,6 +41,9 @@ class Estimator:
             offline analysis (``infoshape analyze``): ``x`` the probe inputs and ``t`` a
             layer's representation, both ``(N, features)`` float64 tensors (samples
             flattened), ``labels`` ``(N,)`` int64; returns two scalar tensors in ``unit``.
+            It refuses NaN/Inf (``linalg.require_finite``) and keeps ``I(T;Y)`` in
+            ``[0, H(Y)]`` up to its bias; where an assumption fails it warns
+            :class:`~infoshape.errors.EstimatorAssumptionWarning` (analysis records them).
             ``None`` when the estimator cannot place a layer on the information plane.
     """
 

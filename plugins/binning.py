@@ -11,25 +11,46 @@ symbol frequencies, in nats:
 - ``I(T;Y) = H(T) − Σ_c p(c)·H(T|Y=c)``.
 
 Mutual information is computed as ``H(A) + H(B) − H(A,B)`` and clamped at 0 (it is ≥ 0 for
-plug-in entropies; the clamp only removes rounding). Not differentiable (binning has zero
-gradient almost everywhere): use it for analysis, not in a penalty.
+plug-in entropies; the clamp only removes rounding), so ``0 ≤ I(T;Y) ≤ H(Y)`` holds by
+construction. Not differentiable (binning has zero gradient almost everywhere): use it for
+analysis, not in a penalty. Inputs holding NaN or Inf are refused
+(:class:`~infoshape.errors.NonFiniteError`).
+
+Saturation: when ``H(T) ≥ (1 − SATURATION_RTOL)·log N`` (nearly every sample in its own bin),
+``I(X;T) = log N`` and ``I(T;Y) = H(Y)`` hold trivially and say nothing about the layer (too
+many bins for ``N`` samples); :func:`information_plane` then warns ``saturated``
+(:class:`~infoshape.errors.EstimatorAssumptionWarning`).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import attrs
 import torch
 
-from infoshape.errors import ConfigError
+from infoshape.errors import ConfigError, EstimatorAssumptionWarning
 from infoshape.estimator_plugin import EstimatorPlugin
-from infoshape.math.linalg import as_samples, nonempty_samples
+from infoshape.math.linalg import as_samples, nonempty_samples, require_finite
 from infoshape.registry import Estimator
 
-__all__ = ["Binning", "discretize", "entropy", "information_plane", "mutual_information"]
+__all__ = [
+    "SATURATION_RTOL",
+    "Binning",
+    "discretize",
+    "entropy",
+    "information_plane",
+    "mutual_information",
+]
+
+#: ``H(T) ≥ (1 − SATURATION_RTOL)·log N`` counts as saturated (module docstring).
+SATURATION_RTOL = 0.01
 
 
-def _rows(symbols) -> torch.Tensor:
-    return nonempty_samples(torch.as_tensor(symbols).detach(), "binning", dtype=None)
+def _rows(symbols, what: str = "symbols") -> torch.Tensor:
+    rows = nonempty_samples(torch.as_tensor(symbols).detach(), "binning", dtype=None)
+    return require_finite(rows, "binning", what)
 
 
 def discretize(t, n_bins: int = 30, bounds: tuple[float, float] | None = None) -> torch.Tensor:
@@ -48,7 +69,7 @@ def discretize(t, n_bins: int = 30, bounds: tuple[float, float] | None = None) -
             got=repr(n_bins),
             fix="pass n_bins=30",
         )
-    t = as_samples(torch.as_tensor(t).detach(), torch.float64)
+    t = require_finite(as_samples(torch.as_tensor(t).detach(), torch.float64), "binning", "t")
     if bounds is None:
         low, high = (float(t.min()), float(t.max())) if t.numel() else (0.0, 1.0)
     else:
@@ -79,7 +100,7 @@ def entropy(symbols) -> torch.Tensor:
 
 def mutual_information(a_symbols, b_symbols) -> torch.Tensor:
     """Plug-in ``I(A;B) = H(A) + H(B) − H(A,B)`` in nats of paired symbol rows."""
-    a, b = _rows(a_symbols), _rows(b_symbols)
+    a, b = _rows(a_symbols, "the first variable"), _rows(b_symbols, "the second variable")
     if a.shape[0] != b.shape[0]:
         raise ConfigError(
             "binning: the two variables differ in number of samples",
@@ -92,9 +113,30 @@ def mutual_information(a_symbols, b_symbols) -> torch.Tensor:
     return (entropy(a) + entropy(b) - entropy(joint)).clamp_min(0.0)
 
 
+def _warn_saturated(h_t: torch.Tensor, n: int, n_bins: int) -> None:
+    if n < 2 or float(h_t) < (1 - SATURATION_RTOL) * math.log(n):
+        return
+    warnings.warn(
+        EstimatorAssumptionWarning(
+            "binning",
+            "saturated",
+            "every sample falls in a bin of its own: I(X;T) = log N and I(T;Y) = H(Y) trivially",
+            expected=f"H(T) well below log N = {math.log(n):.4g} nats (bins shared by samples)",
+            got=f"H(T) = {float(h_t):.4g} nats with n_bins={n_bins} for {n} samples",
+            fix="use fewer bins (n_bins=10 or less for wide layers) or more samples",
+        ),
+        stacklevel=3,
+    )
+
+
 def information_plane(x, t, labels, n_bins: int = 30, bounds=None):
-    """``(I(X;T), I(T;Y))`` in nats, ``T`` binned, ``X`` the exact input rows."""
+    """``(I(X;T), I(T;Y))`` in nats, ``T`` binned, ``X`` the exact input rows.
+
+    Warns ``saturated`` when ``H(T)`` reaches ``log N`` (module docstring).
+    """
+    _rows(x, "x"), _rows(labels, "labels")
     symbols = discretize(t, n_bins, bounds)
+    _warn_saturated(entropy(symbols), symbols.shape[0], n_bins)
     return mutual_information(x, symbols), mutual_information(symbols, labels)
 
 
@@ -135,4 +177,6 @@ class Binning(EstimatorPlugin):
     def layer_metrics(self, t, labels) -> dict[str, torch.Tensor]:
         """``I_TX = H(T)`` (deterministic network) and ``I_TY`` of one layer's probe codes."""
         symbols = discretize(t, self.config.n_bins, self.config.bounds)
-        return {"I_TX": entropy(symbols), "I_TY": mutual_information(symbols, labels)}
+        h_t = entropy(symbols)
+        _warn_saturated(h_t, symbols.shape[0], self.config.n_bins)
+        return {"I_TX": h_t, "I_TY": mutual_information(symbols, labels)}

@@ -14,28 +14,40 @@ with pairwise distances", Entropy 2017, §4). With ``D_ij = ‖z_i − z_j‖²`
   reference code; the difference of two bounds is an estimate, not a bound).
 
 Every function is differentiable torch code, computes in float64 and returns nats unless
-``unit="bits"``. The bounds satisfy ``0 ≤ I(T;X) ≤ log N`` and lower ≤ upper.
+``unit="bits"``. The bounds satisfy ``0 ≤ I(T;X) ≤ log N`` and lower ≤ upper. For labels,
+``I(T;Y) = H(Y) − (1/N)·Σ_i log(S_i / S_i^c)`` with ``S_i = Σ_j exp(−D_ij/(2sσ²))`` over all
+samples and ``S_i^c`` over those of ``i``'s class (``s`` = 1 or 4), so ``I(T;Y) ≤ H(Y)``, the
+plug-in entropy of the labels, by construction (``S_i ≥ S_i^c``); ``I(T;Y) ≥ 0`` held in every
+test. Inputs holding NaN or Inf are refused (:class:`~infoshape.errors.NonFiniteError`).
+
+Saturation: when the noise is small against the distances between samples, every sample is
+told apart: ``I(T;X) → log N`` and ``I(T;Y) → H(Y)``, trivially. :func:`information_plane`
+warns ``saturated`` (:class:`~infoshape.errors.EstimatorAssumptionWarning`) when
+``I(T;X) ≥ (1 − SATURATION_RTOL)·log N``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import attrs
 import torch
 
-from infoshape.errors import ConfigError
+from infoshape.errors import ConfigError, EstimatorAssumptionWarning
 from infoshape.estimator_plugin import EstimatorPlugin
 from infoshape.math.linalg import (
     class_conditional,
     nonempty_samples,
     paired_labels,
     pairwise_sq_distances,
+    require_finite,
 )
 from infoshape.registry import Estimator
 
 __all__ = [
+    "SATURATION_RTOL",
     "KLPairwise",
     "conditional_entropy",
     "entropy_lower",
@@ -47,6 +59,8 @@ __all__ = [
 
 Bound = Literal["upper", "lower"]
 Unit = Literal["nats", "bits"]
+#: ``I(T;X) ≥ (1 − SATURATION_RTOL)·log N`` counts as saturated (module docstring).
+SATURATION_RTOL = 0.01
 
 
 def _check(noise_var: float, bound: str = "upper", unit: str = "nats") -> None:
@@ -85,8 +99,8 @@ def _entropy(z: torch.Tensor, noise_var: float, bound: str) -> torch.Tensor:
     return d / 2 + (d / 2) * math.log(2 * math.pi * noise_var) + math.log(n) - lse.mean()
 
 
-def _samples(x) -> torch.Tensor:
-    return nonempty_samples(x, "kl_pairwise")
+def _samples(x, what: str = "x") -> torch.Tensor:
+    return require_finite(nonempty_samples(x, "kl_pairwise"), "kl_pairwise", what)
 
 
 def entropy_upper(x, noise_var: float = 0.1, *, unit: Unit = "nats") -> torch.Tensor:
@@ -122,14 +136,39 @@ def mi_ty(x, labels, noise_var: float = 0.1, bound: Bound = "upper", *, unit: Un
     """
     _check(noise_var, bound, unit)
     z = _samples(x)
-    labels = paired_labels(z, labels, "kl_pairwise")
+    labels = require_finite(paired_labels(z, labels, "kl_pairwise"), "kl_pairwise", "labels")
     conditional = class_conditional(lambda zc: _entropy(zc, noise_var, bound), z, labels)
     return _in(_entropy(z, noise_var, bound) - conditional, unit)
 
 
+def _warn_saturated(i_tx: torch.Tensor, n: int, noise_var: float) -> None:
+    if n < 2 or float(i_tx) < (1 - SATURATION_RTOL) * math.log(n):
+        return
+    warnings.warn(
+        EstimatorAssumptionWarning(
+            "kl_pairwise",
+            "saturated",
+            "the noise tells every sample apart: I(X;T) = log N and I(T;Y) = H(Y) trivially",
+            expected=f"I(X;T) well below log N = {math.log(n):.4g} nats",
+            got=f"I(X;T) = {float(i_tx):.4g} nats with noise_var={noise_var!r} for {n} samples",
+            fix="raise noise_var to the scale of the distances between samples "
+            "(the papers use 1e-3 to 0.1 for activations of order 1)",
+        ),
+        stacklevel=3,
+    )
+
+
 def information_plane(x, t, labels, noise_var: float = 0.1, bound: Bound = "upper"):
-    """``(I(X;T), I(T;Y))`` in nats: the noise-based ``mi_tx(t)`` (``x`` unused) and ``mi_ty``."""
-    return mi_tx(t, noise_var, bound), mi_ty(t, labels, noise_var, bound)
+    """``(I(X;T), I(T;Y))`` in nats: the noise-based ``mi_tx(t)`` (``x`` unused) and ``mi_ty``.
+
+    ``x`` is still checked for NaN/Inf; warns ``saturated`` at ``I(X;T) ≈ log N``.
+    """
+    if x is not None:
+        require_finite(torch.as_tensor(x), "kl_pairwise", "x")
+    t = _samples(t, "t")
+    i_tx = mi_tx(t, noise_var, bound)
+    _warn_saturated(i_tx, len(t), noise_var)
+    return i_tx, mi_ty(t, labels, noise_var, bound)
 
 
 class KLPairwise(EstimatorPlugin):
@@ -167,5 +206,5 @@ class KLPairwise(EstimatorPlugin):
         """``I_TX`` and ``I_TY`` of one layer's probe representation."""
         i_tx, i_ty = information_plane(
             None, t, labels, noise_var=self.config.noise_var, bound=self.config.bound
-        )
+        )  # warns "saturated" like the offline analysis
         return {"I_TX": i_tx, "I_TY": i_ty}

@@ -349,7 +349,7 @@ def test_plugin_hook_error_names_the_cause_and_where_it_was_raised(mlp):
 
 
 def test_run_interrupted_says_what_is_kept_and_how_to_resume(tmp_path, monkeypatch):
-    from infoshape import trainer
+    from infoshape.apps import trainer
 
     evaluated = []
 

@@ -6,13 +6,22 @@ to the probe inputs ``X`` and each stored representation ``T``, and writes
 the results back into the store (``infoshape analyze`` on the command line)::
 
     run.zarr/analysis/<name>/    attrs: estimator, unit, options, infoshape_version,
-                                        created, n_samples, max_samples, seed
+                                        created, n_samples, max_samples, seed,
+                                        H_Y, assumption_flags
       I_XT    (epoch, tap)  float64   I(X;T) in the estimator's unit
       I_TY    (epoch, tap)  float64   I(T;Y)
+      flags   (epoch, tap)  str       the estimator's assumption conditions at that
+                                      point, comma-separated ("" where none)
       epoch   (epoch,)      int64     the analysed epochs
       tap     (tap,)        str       the analysed taps
       sample  (sample,)     int64     the probe samples used (all, or a seeded subset)
 
+``H_Y`` is the plug-in entropy of the analysed labels in the estimator's unit:
+the ceiling of ``I_TY``. ``assumption_flags`` maps each condition an estimator
+warned of (:class:`~infoshape.errors.EstimatorAssumptionWarning`: e.g.
+``"ridge_dominated"``, ``"exceeds_h_y"``, ``"saturated"``) to the
+``[epoch, tap]`` points it concerns; ``{}`` when every estimate held its
+assumptions. Each condition is also warned once, for the whole analysis.
 ``<name>`` is the estimator's name unless given; running again replaces the
 group, but only a group an analysis wrote (its attrs hold ``estimator`` and
 ``infoshape_version``): any other node there is refused and left as it is. The
@@ -37,8 +46,14 @@ import torch
 import xarray as xr
 import zarr
 
-from infoshape.errors import ConfigError, InfoshapeError, PluginError, StoreError
-from infoshape.math.linalg import as_samples
+from infoshape.errors import (
+    ConfigError,
+    EstimatorAssumptionWarning,
+    InfoshapeError,
+    PluginError,
+    StoreError,
+)
+from infoshape.math.linalg import as_samples, label_entropy
 from infoshape.registry import Estimator, get_estimator, list_estimators, unknown_name
 from infoshape.store.layout import GROUPS, INPUT
 from infoshape.store.read import open_store
@@ -181,6 +196,49 @@ def _jsonable(value: Any) -> Any:
     return value if value is None or isinstance(value, bool | int | float | str) else repr(value)
 
 
+def _place(
+    record: Estimator, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, options: Any
+) -> tuple[Any, list[EstimatorAssumptionWarning]]:
+    """``information_plane(x, t, labels)`` and the assumption warnings it raised.
+
+    Other warnings pass through unchanged.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EstimatorAssumptionWarning)
+        pair = record.information_plane(x, t, labels, **options)  # type: ignore[misc]
+    flagged = []
+    for w in caught:
+        if isinstance(w.message, EstimatorAssumptionWarning):
+            flagged.append(w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return pair, flagged
+
+
+def _summarize(
+    estimator: str,
+    flags: dict[str, list[list[Any]]],
+    first: dict[str, EstimatorAssumptionWarning],
+    total: int,
+) -> None:
+    """One warning per condition, naming how many points and which, for the whole analysis."""
+    for condition, points in flags.items():
+        w = first[condition]
+        shown = ", ".join(f"(epoch {e}, {t})" for e, t in points[:4])
+        shown += f" and {len(points) - 4} more" if len(points) > 4 else ""
+        warnings.warn(
+            EstimatorAssumptionWarning(
+                estimator,
+                condition,
+                f"{len(points)} of {total} (epoch, tap) points: {w.problem}",
+                expected=w.expected,
+                got=f"at {shown}; the first: {w.got}",
+                fix=w.fix,
+            ),
+            stacklevel=3,
+        )
+
+
 def analyze(
     store: str | Path,
     estimator: str | Estimator,
@@ -208,8 +266,12 @@ def analyze(
         **estimator_options: keyword options passed to ``information_plane``.
 
     Returns:
-        The Dataset written: ``I_XT`` and ``I_TY`` over ``(epoch, tap)``, attrs as in the
-        module docstring.
+        The Dataset written: ``I_XT``, ``I_TY`` and ``flags`` over ``(epoch, tap)``, attrs as
+        in the module docstring.
+
+    Warns:
+        EstimatorAssumptionWarning: once per condition the estimator warned of (which points,
+            how many); the points are in ``flags`` and the ``assumption_flags`` attr.
 
     Raises:
         UnknownNameError: an unknown estimator or tap.
@@ -241,13 +303,16 @@ def analyze(
     x = _tensor(probe[INPUT].isel(sample=samples))
     labels = torch.as_tensor(np.asarray(probe["label"].values)[samples], dtype=torch.int64)
     found = np.full((2, len(epoch_values), len(tap_names)), np.nan)
+    codes = np.full((len(epoch_values), len(tap_names)), "", dtype=object)
+    flags: dict[str, list[list[Any]]] = {}
+    first: dict[str, EstimatorAssumptionWarning] = {}
     total, desc = found[0].size, f"analyze {record.name}"
     with tqdm(total=total, desc=desc, unit="slab", disable=not progress, dynamic_ncols=True) as bar:
         for i, epoch in enumerate(epoch_values):
             for j, tap in enumerate(tap_names):
                 t = _tensor(probe[tap].sel(epoch=epoch).isel(sample=samples))
                 try:
-                    pair = record.information_plane(x, t, labels, **estimator_options)  # type: ignore[misc]
+                    pair, raised = _place(record, x, t, labels, estimator_options)
                 except InfoshapeError:
                     raise
                 except Exception as err:
@@ -259,7 +324,14 @@ def analyze(
                         fix="check the estimator's options; --max-samples N makes it cheaper",
                     ) from err
                 found[:, i, j] = [_scalar(v, record.name) for v in pair]
+                conditions = list(dict.fromkeys(w.condition for w in raised))
+                codes[i, j] = ",".join(conditions)
+                for w in raised:
+                    first.setdefault(w.condition, w)
+                for condition in conditions:
+                    flags.setdefault(condition, []).append([epoch, tap])
                 bar.update()
+    _summarize(record.name, flags, first, total)
     sample_coord = np.asarray(probe["sample"].values)[samples]
     unit = record.unit
     variables = {
@@ -274,6 +346,13 @@ def analyze(
                 {"long_name": label, "units": unit, "description": f"mutual information of {d}"},
             )
             for k, (key, (label, d)) in enumerate(variables.items())
+        }
+        | {
+            "flags": (
+                ("epoch", "tap"),
+                codes.astype(str),
+                {"description": "assumption conditions the estimator warned of, comma-separated"},
+            )
         },
         coords={"epoch": epoch_values, "tap": tap_names, "sample": sample_coord},
         attrs={
@@ -285,6 +364,8 @@ def analyze(
             "n_samples": int(samples.size),
             "max_samples": max_samples,
             "seed": seed,
+            "H_Y": float(label_entropy(labels)) / (np.log(2.0) if unit == "bits" else 1.0),
+            "assumption_flags": flags,
         },
     )
     write_analysis(path, group, result)
@@ -388,11 +469,20 @@ def parse_epochs(tokens: Sequence[str] | None) -> list[int] | slice | None:
 
 
 def format_results(result: xr.Dataset, max_rows: int = 40) -> str:
-    """A plain-text table of ``result``, one row per (epoch, tap); long tables cut in the middle."""
+    """A plain-text table of ``result``, one row per (epoch, tap); long tables cut in the middle.
+
+    The assumption flags get a column when any point has one.
+    """
     attrs = result.attrs
-    table = result[["I_XT", "I_TY"]].drop_vars("sample", errors="ignore").to_dataframe()
-    table.columns = [f"I(X;T) [{attrs.get('unit')}]", f"I(T;Y) [{attrs.get('unit')}]"]
+    flagged = "flags" in result and any(map(str, result["flags"].values.ravel().tolist()))
+    names = ["I_XT", "I_TY", "flags"] if flagged else ["I_XT", "I_TY"]
+    table = result[names].drop_vars("sample", errors="ignore").to_dataframe()
+    table.columns = [f"I(X;T) [{attrs.get('unit')}]", f"I(T;Y) [{attrs.get('unit')}]"] + (
+        ["assumption flags"] if flagged else []
+    )
     options = ", ".join(f"{k}={v}" for k, v in (attrs.get("options") or {}).items())
     head = f"estimator {attrs.get('estimator')} ({options or 'default options'}), "
     head += f"{attrs.get('n_samples')} probe samples"
+    if attrs.get("H_Y") is not None:
+        head += f", H(Y) = {float(attrs['H_Y']):.4f}"
     return head + "\n" + table.to_string(float_format="{:.4f}".format, max_rows=max_rows)

@@ -12,6 +12,11 @@ global backend is set and no window opens. Nothing here imports torch.
 The report writes only those file names, and replaces such a file only when an
 earlier report wrote it (its PNG ``Software`` text says ``infoshape ... report``):
 a file of the user's in the output folder is never deleted or overwritten.
+
+Points an estimator flagged (``flags`` of the analysis group: an assumption of the
+estimator fails there, :class:`~infoshape.errors.EstimatorAssumptionWarning`) get a
+cross per condition, named in the legend and in a note under the plot; when every
+``I(T;Y)`` sits at the ceiling ``H(Y)``, the note says so.
 """
 
 from __future__ import annotations
@@ -28,15 +33,24 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from infoshape.errors import ConfigError
+from infoshape.errors import ASSUMPTION_CONDITIONS, ConfigError
 from infoshape.store.read import open_store
 from infoshape.syntax import by_syntax
 
-__all__ = ["default_report_dir", "plot_information_plane", "plot_metrics", "report"]
+__all__ = [
+    "default_report_dir",
+    "information_plane_figure",
+    "plot_information_plane",
+    "plot_metrics",
+    "report",
+]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 _LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)))
 _DPI = 120
+_FLAG_MARKERS = (("x", "#d62728"), ("+", "#ff7f0e"), ("1", "#9467bd"), ("2", "#8c564b"))
+#: ``I(T;Y)`` within this of ``H(Y)`` (relative) counts as at the ceiling
+_CEILING_RTOL = 1e-6
 
 
 def default_report_dir(store: str | Path) -> Path:
@@ -130,12 +144,77 @@ def _out_syntax() -> str:
 def plot_information_plane(
     analysis: xr.Dataset, path: str | Path, labels: np.ndarray | None = None
 ) -> Path:
-    """Draw ``I_XT`` (x) against ``I_TY`` (y) of one analysis group to a PNG at ``path``.
+    """Draw :func:`information_plane_figure` of one analysis group to a PNG at ``path``."""
+    return _save(information_plane_figure(analysis, labels), Path(path))
+
+
+def _flags(analysis: xr.Dataset) -> dict[str, np.ndarray]:
+    """Each flagged condition and its ``(epoch, tap)`` boolean mask."""
+    if "flags" not in analysis:
+        return {}
+    codes = analysis["flags"].transpose("epoch", "tap").values.tolist()  # any string dtype
+    split = [[set(filter(None, str(c).split(","))) for c in row] for row in codes]
+    found = sorted({c for row in split for cell in row for c in cell})
+    return {c: np.array([[c in cell for cell in row] for row in split]) for c in found}
+
+
+def _h_y(analysis: xr.Dataset, labels: np.ndarray | None, unit: str) -> float | None:
+    if labels is not None and labels.size:
+        p = np.unique(labels, return_counts=True)[1] / labels.size
+        return float(-(p * np.log(p)).sum()) / (np.log(2) if unit == "bits" else 1.0)
+    value = analysis.attrs.get("H_Y")
+    return None if value is None else float(value)
+
+
+def _mark_flags(ax: Any, analysis: xr.Dataset, xt: np.ndarray, ty: np.ndarray) -> list[Any]:
+    """A cross per flagged point and condition; returns the legend handles."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for k, (condition, mask) in enumerate(_flags(analysis).items()):
+        marker, color = _FLAG_MARKERS[k % len(_FLAG_MARKERS)]
+        ax.scatter(
+            xt[mask], ty[mask], marker=marker, s=90, c=color, linewidths=1.6, zorder=4,
+            gid=f"flag:{condition}", label=condition,
+        )  # fmt: skip
+        text = f"{condition} ({int(mask.sum())} of {mask.size})"
+        handles.append(
+            Line2D([], [], linestyle="none", marker=marker, color=color, markersize=8, label=text)
+        )
+    return handles
+
+
+def _notes(analysis: xr.Dataset, ty: np.ndarray, h_y: float | None) -> list[str]:
+    """Lines under the plot: what each flag means; all points at the ceiling."""
+    notes = []
+    for condition in _flags(analysis):
+        meaning = ASSUMPTION_CONDITIONS.get(condition, "the estimator's assumption fails")
+        notes.append(f"{condition}: {meaning}")
+    finite = ty[np.isfinite(ty)]
+    if h_y is None or h_y <= 0 or not finite.size:
+        return notes
+    if np.all(np.abs(finite - h_y) <= _CEILING_RTOL * max(h_y, 1.0)):
+        notes.append(
+            f"every point sits at the ceiling I(T;Y) = H(Y) = {h_y:.3g}: the estimate "
+            "cannot tell the layers or epochs apart"
+        )
+    return notes
+
+
+def information_plane_figure(analysis: xr.Dataset, labels: np.ndarray | None = None) -> Any:
+    """The information plane of one analysis group: ``I_XT`` (x) against ``I_TY`` (y).
 
     One curve per tap through its epochs (its own line style and marker), the points
     coloured by epoch (colorbar), axes labelled with the unit, titled with the estimator.
     With the probe ``labels`` of the samples analysed, dotted lines mark ``log N`` and
-    ``H(Y)``: what I(X;T) and I(T;Y) reach when every sample is told apart.
+    ``H(Y)``: what I(X;T) and I(T;Y) reach when every sample is told apart (``H(Y)`` from
+    the group's ``H_Y`` attr when no labels are given). Points with assumption ``flags``
+    get a cross per condition (scatter ``gid`` ``"flag:<condition>"``), named in the
+    legend; a note under the plot (a figure text, ``gid`` ``"assumption_notes"``) says what
+    each condition means, and when every ``I(T;Y)`` is at ``H(Y)``.
+
+    Returns:
+        a matplotlib ``Figure`` on the Agg canvas.
     """
     from matplotlib.colors import Normalize
     from matplotlib.lines import Line2D
@@ -149,8 +228,10 @@ def plot_information_plane(
     estimator = analysis.attrs.get("estimator", "?")
     lo, hi = float(epochs.min()), float(epochs.max())
     norm = Normalize(lo, hi) if hi > lo else Normalize(lo - 0.5, hi + 0.5)
+    h_y = _h_y(analysis, labels, unit)
+    notes = _notes(analysis, ty, h_y)
 
-    figure = _figure(7.5, 5.6)
+    figure = _figure(7.5, 5.6 + 0.25 * sum(len(textwrap.wrap(n, 100)) for n in notes))
     ax = figure.add_subplot()
     handles = []
     points = None
@@ -175,17 +256,16 @@ def plot_information_plane(
                 markerfacecolor="white", markeredgecolor="black", label=tap,
             )
         )  # fmt: skip
+    handles += _mark_flags(ax, analysis, xt, ty)
+    lines = [(h_y, "H(Y)", ax.axhline)] if h_y is not None else []
     if labels is not None and labels.size:
         scale = np.log(2) if unit == "bits" else 1.0
-        p = np.unique(labels, return_counts=True)[1] / labels.size
-        for value, text, line in (
-            (np.log(labels.size) / scale, "log N", ax.axvline),
-            (float(-(p * np.log(p)).sum()) / scale, "H(Y)", ax.axhline),
-        ):
-            line(value, color="0.55", linestyle=(0, (1, 2)), linewidth=1.2, zorder=1)
-            handles.append(
-                Line2D([], [], color="0.55", linestyle=(0, (1, 2)), label=f"{text} = {value:.2f}")
-            )
+        lines.insert(0, (np.log(labels.size) / scale, "log N", ax.axvline))
+    for value, text, line in lines:
+        line(value, color="0.55", linestyle=(0, (1, 2)), linewidth=1.2, zorder=1)
+        handles.append(
+            Line2D([], [], color="0.55", linestyle=(0, (1, 2)), label=f"{text} = {value:.2f}")
+        )
     bar = figure.colorbar(points, ax=ax, label="epoch")
     if epochs.size <= 12:
         bar.set_ticks(epochs)
@@ -202,7 +282,12 @@ def plot_information_plane(
     details.append(f"epochs {int(lo)}-{int(hi)}" if hi > lo else f"epoch {int(lo)}")
     subtitle = textwrap.fill(", ".join(details), 80)
     ax.set_title(f"Information plane: {estimator}\n{subtitle}", fontsize="medium")
-    return _save(figure, Path(path))
+    if notes:
+        text = "\n".join(textwrap.fill(n, 100) for n in notes)
+        figure.supxlabel(text, fontsize="small", color="#b22222", ha="center").set_gid(
+            "assumption_notes"
+        )
+    return figure
 
 
 def _min_span(ax: Any, fraction: float = 0.05) -> None:

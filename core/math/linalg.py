@@ -19,6 +19,7 @@ __all__ = [
     "as_samples",
     "class_conditional",
     "full_precision",
+    "label_entropy",
     "nonempty_samples",
     "one_hot",
     "paired_labels",
@@ -179,6 +180,19 @@ def class_conditional(
     for c, k in zip(classes, counts, strict=True):
         total = total + (int(k) / z.shape[0]) * entropy(z[labels == c])
     return total
+
+
+def label_entropy(labels) -> torch.Tensor:
+    """Plug-in entropy ``H(Y) = −Σ_c p(c)·log p(c)`` in nats of the label frequencies (float64).
+
+    The ceiling of every estimate of ``I(T;Y)`` for discrete labels.
+    """
+    labels = torch.as_tensor(labels).reshape(-1)
+    if labels.numel() == 0:
+        return torch.zeros((), dtype=torch.float64)
+    counts = torch.unique(labels, return_counts=True)[1].sort().values.to(torch.float64)
+    p = counts / labels.numel()
+    return -(p * p.log()).sum()
 
 
 def pairwise_sq_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -10,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import infoshape
-from infoshape.errors import ConfigError, PluginLoadError
+from infoshape.errors import (
+    ConfigError,
+    EstimatorAssumptionWarning,
+    NonFiniteError,
+    PluginLoadError,
+)
 from infoshape.math.linalg import one_hot
 from infoshape.plugins.binning import discretize, entropy, information_plane, mutual_information
 from infoshape.testing import PluginTester, activations, activations_and_labels, labels, small_mlp
@@ -141,3 +147,34 @@ def test_registry_record_and_information_plane():
     values = record.information_plane(x.double(), t.double(), torch.arange(30) % 3)
     assert len(values) == 2
     assert all(v.ndim == 0 and bool(torch.isfinite(v)) for v in values)
+
+
+def test_saturated_binning_is_warned():
+    # 64 distinct samples of 8 units in 30 bins: every sample in its own bin, H(T) = log 64
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(64, 4, generator=g), torch.randn(64, 8, generator=g)
+    y = torch.arange(64) % 4
+    with pytest.warns(EstimatorAssumptionWarning, match="bin of its own") as record:
+        i_xt, i_ty = information_plane(x, t, y, n_bins=30)
+    assert record[0].message.condition == "saturated"
+    assert i_xt.item() == pytest.approx(math.log(64)) and i_ty.item() == pytest.approx(math.log(4))
+    with warnings.catch_warnings():  # two bins per unit of one unit: far from log N
+        warnings.simplefilter("error")
+        information_plane(x, t[:, :1], y, n_bins=2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("what", ["x", "t", "labels"])
+def test_nonfinite_input_is_refused_naming_how_many_values(what, bad):
+    # before the fix, NaN in t gave finite numbers (I(T;Y) = 0.0)
+    g = torch.Generator().manual_seed(1)
+    args = {"x": torch.randn(10, 3, generator=g), "t": torch.randn(10, 4, generator=g)}
+    args["labels"] = (torch.arange(10) % 2).double()
+    args[what][6] = bad
+    with pytest.raises(NonFiniteError, match=f"{what} holds") as err:
+        information_plane(args["x"], args["t"], args["labels"])
+    assert "first: sample 6" in str(err.value)
+    count = 1 if what == "labels" else args[what].shape[1]
+    assert f"{count} {'NaN' if math.isnan(bad) else '±Inf'}" in str(err.value)
+    with pytest.raises(NonFiniteError):
+        mutual_information(args[what], args["labels"].nan_to_num(0.0))

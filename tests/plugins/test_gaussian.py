@@ -7,6 +7,7 @@ The closed-form tests build samples whose sample covariance is exactly the targe
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import infoshape
-from infoshape.errors import ConfigError
+from infoshape.errors import ConfigError, EstimatorAssumptionWarning, NonFiniteError
 from infoshape.plugins.gaussian import (
     entropy,
     information_plane,
@@ -127,3 +128,78 @@ def test_registry_record_and_information_plane():
     values = record.information_plane(x.double(), t.double(), torch.arange(30) % 3)
     assert len(values) == 2
     assert all(v.ndim == 0 and bool(torch.isfinite(v)) for v in values)
+
+
+def _relu_layer(n: int, d: int, n_classes: int, seed: int = 0):
+    """A deterministic layer ``T = relu(X W)`` of ``n`` samples, ``d`` units, balanced labels."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    t = torch.relu(x @ torch.randn(d, d, generator=g, dtype=torch.float64))
+    return x, t, torch.arange(n) % n_classes
+
+
+def test_deterministic_layer_is_capped_at_h_y_and_warned():
+    # the reported case: N = 360, d = 64, 10 classes (36 samples per class < 64 dimensions);
+    # before the fix I(T;Y) = 231.7 nats for H(Y) = log 10 = 2.30
+    x, t, labels = _relu_layer(360, 64, 10)
+    with pytest.warns(EstimatorAssumptionWarning) as record:
+        _, i_ty = information_plane(x, t, labels)
+    conditions = {w.message.condition for w in record}
+    assert conditions == {"ridge_dominated", "exceeds_h_y"}
+    assert i_ty.item() == pytest.approx(math.log(10), abs=1e-12)  # capped at H(Y) exactly
+    message = str(next(w.message for w in record if w.message.condition == "ridge_dominated"))
+    assert "the ridge sets the result" in message and "36 samples in 64 dimensions" in message
+    with pytest.warns(EstimatorAssumptionWarning) as record:
+        raw = mutual_information_labels(t, labels, ceiling=False)
+    message = str(record[-1].message)
+    assert "exceeds H(Y)" in message and "capped" not in message
+    assert raw.item() > 100  # the raw Gaussian value, still available and still warned
+
+
+def test_fewer_samples_than_dimensions_warns_that_the_ridge_sets_the_result():
+    # N = 200, d = 4096 gave 1632 nats; N = 20, d = 64 is the same regime, faster
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(20, 64, generator=g, dtype=torch.float64)
+    for call in (entropy, lambda a: mutual_information(a, a[:, :3])):
+        with pytest.warns(EstimatorAssumptionWarning, match="ridge sets") as record:
+            call(z)
+        assert record[0].message.condition == "ridge_dominated"
+        assert "20 samples in 64 dimensions" in str(record[0].message)
+
+
+def test_full_rank_data_give_no_warning():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(400, 3, generator=g, dtype=torch.float64)
+    t = x @ torch.randn(3, 2, generator=g, dtype=torch.float64) + torch.randn(400, 2, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = information_plane(x, t, torch.arange(400) % 4)
+    assert all(bool(torch.isfinite(v)) for v in values)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize(
+    ("call", "what"),
+    [
+        (lambda z, lab: entropy(z), "x"),
+        (lambda z, lab: mutual_information(z[:, :1], z), "y"),
+        (lambda z, lab: mutual_information_labels(z, lab), "t"),
+        (lambda z, lab: information_plane(z[:, :1], z, lab), "t"),
+        (
+            lambda z, lab: mutual_information_labels(z[:, :1].nan_to_num(0.0), lab.double()),
+            "labels",
+        ),
+    ],
+)
+def test_nonfinite_input_is_refused_naming_how_many_values(call, what, bad):
+    z = torch.randn(12, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    labels = (torch.arange(12) % 2).double()
+    if what == "labels":
+        labels[4] = bad
+    z[4, 1] = z[7, 2] = bad
+    with pytest.raises(NonFiniteError) as err:
+        call(z, labels)
+    kind = "NaN" if math.isnan(bad) else "Inf"
+    count = 1 if what == "labels" else 2
+    assert f"{count} {kind}" in str(err.value) or f"{count} ±{kind}" in str(err.value)
+    assert "first: sample 4" in str(err.value) and f"{what} holds" in str(err.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import infoshape
-from infoshape.errors import ConfigError, UnknownNameError
+from infoshape.errors import (
+    ConfigError,
+    EstimatorAssumptionWarning,
+    NonFiniteError,
+    UnknownNameError,
+)
 from infoshape.plugins.kl_pairwise import (
     conditional_entropy,
     entropy_lower,
@@ -180,3 +186,32 @@ def test_registry_lists_the_estimators_and_names_unknown_ones():
         infoshape.get_estimator("ksq")
     for name in ("binning", "gaussian", "kl_pairwise", "ksg"):
         assert name in err.value.expected
+
+
+def test_saturation_at_log_n_is_warned():
+    # samples ~ 3 apart against noise of std 0.03: every sample told apart, I(X;T) = log N
+    g = torch.Generator().manual_seed(0)
+    t, y = 3 * torch.randn(50, 4, generator=g, dtype=torch.float64), torch.arange(50) % 5
+    with pytest.warns(EstimatorAssumptionWarning, match="tells every sample apart") as record:
+        i_xt, _ = information_plane(None, t, y, noise_var=1e-3)
+    assert record[0].message.condition == "saturated"
+    assert i_xt.item() == pytest.approx(math.log(50), abs=0.05)
+    with warnings.catch_warnings():  # noise at the scale of the data: well below log N
+        warnings.simplefilter("error")
+        information_plane(None, t, y, noise_var=10.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("what", ["x", "t", "labels"])
+def test_nonfinite_input_is_refused_naming_how_many_values(what, bad):
+    g = torch.Generator().manual_seed(1)
+    args = {"x": torch.randn(10, 3, generator=g), "t": torch.randn(10, 4, generator=g)}
+    args["labels"] = (torch.arange(10) % 2).double()
+    args[what][2] = bad
+    args[what][5] = bad
+    with pytest.raises(NonFiniteError, match=f"{what} holds") as err:
+        information_plane(args["x"], args["t"], args["labels"])
+    assert "first: sample 2" in str(err.value)
+    count = 2 if what == "labels" else 2 * args[what].shape[1]
+    assert f"{count} {'NaN' if math.isnan(bad) else '±Inf'}" in str(err.value)
+    assert "in 2 of 10 samples" in str(err.value)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import infoshape
-from infoshape.errors import ConfigError
+from infoshape.errors import ConfigError, NonFiniteError
 from infoshape.plugins import renyi
 from infoshape.plugins.renyi import (
     Renyi,
@@ -328,3 +328,26 @@ def test_estimator_and_information_plane():
         float(information_plane(x, t, y)[0]),
         float(mutual_information(t, y)),
     )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("what", ["x", "t", "labels"])
+def test_nonfinite_input_is_refused_naming_how_many_values(what, bad):
+    # before the fix, NaN raised a raw linear-algebra error from eigvalsh
+    g = torch.Generator().manual_seed(1)
+    args = {"x": torch.randn(10, 3, generator=g), "t": torch.randn(10, 4, generator=g)}
+    args["labels"] = (torch.arange(10) % 2).double()
+    args[what][3] = bad
+    with pytest.raises(NonFiniteError, match=f"renyi: {what} holds") as err:
+        renyi.information_plane(args["x"], args["t"], args["labels"])
+    assert "first: sample 3" in str(err.value)
+    count = 1 if what == "labels" else args[what].shape[1]
+    assert f"{count} {'NaN' if math.isnan(bad) else '±Inf'}" in str(err.value)
+    with pytest.raises(NonFiniteError, match="renyi: x holds"):
+        renyi.mutual_information(args[what], args["t" if what != "t" else "x"])
+    A = torch.eye(4) / 4
+    A[1, 2] = bad
+    with pytest.raises(NonFiniteError, match="renyi: A holds") as err:
+        renyi.entropy(A)
+    counts = "1 NaN and 0 ±Inf" if math.isnan(bad) else "0 NaN and 1 ±Inf"
+    assert f"{counts} of 16 values in 1 of 4 samples" in str(err.value)

@@ -8,6 +8,7 @@ values that plain xarray reads from the store.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,15 @@ import xarray as xr
 import zarr
 
 import infoshape
-from infoshape import ConfigError, Estimator, PluginError, StoreError, Tap, UnknownNameError
+from infoshape import (
+    ConfigError,
+    Estimator,
+    EstimatorAssumptionWarning,
+    PluginError,
+    StoreError,
+    Tap,
+    UnknownNameError,
+)
 from infoshape.apps.analysis import analyze, format_results, parse_epochs
 from infoshape.testing import small_mlp
 
@@ -279,6 +288,52 @@ def test_parse_epochs_and_format_results(store):
     for bad in (["a"], ["1:2:3:4"], ["0", "::2"]):
         with pytest.raises(ConfigError, match="cannot read --epochs"):
             parse_epochs(bad)
-    text = format_results(analyze(store, GAUSS, ridge=0.1))
-    assert text.splitlines()[0] == f"estimator gauss_test (ridge=0.1), {N_PROBE} probe samples"
-    assert "I(X;T) [nats]" in text and "relu2" in text
+    result = analyze(store, GAUSS, ridge=0.1)
+    text = format_results(result)
+    head = f"estimator gauss_test (ridge=0.1), {N_PROBE} probe samples, H(Y) = "
+    assert text.splitlines()[0] == head + f"{result.attrs['H_Y']:.4f}"
+    assert "I(X;T) [nats]" in text and "relu2" in text and "assumption flags" not in text
+
+
+def test_gaussian_on_a_deterministic_layer_is_capped_flagged_and_warned_once(store):
+    # 45 probe samples, 3 classes: about 15 per class against 16-unit ReLU layers. Before
+    # the fix I(T;Y) was 13.5 nats for H(Y) = 1.07 and nothing told the user.
+    with pytest.warns(EstimatorAssumptionWarning) as record:
+        result = analyze(store, "gaussian")
+    summaries = [w.message for w in record if isinstance(w.message, EstimatorAssumptionWarning)]
+    assert sorted(w.condition for w in summaries) == ["exceeds_h_y", "ridge_dominated"]
+    assert all("6 of 6 (epoch, tap) points" in str(w) for w in summaries)
+    h_y = result.attrs["H_Y"]
+    labels = xr.open_datatree(store, engine="zarr")["probe"]["label"].values
+    p = np.unique(labels, return_counts=True)[1] / labels.size
+    assert h_y == pytest.approx(float(-(p * np.log(p)).sum()), abs=1e-12)
+    assert np.all(result["I_TY"].values <= h_y + 1e-12)
+    points = [[e, t] for e in range(EPOCHS) for t in ("relu1", "relu2")]
+    written = xr.open_datatree(store, engine="zarr")["analysis/gaussian"].to_dataset()
+    assert written.attrs["assumption_flags"] == {"ridge_dominated": points, "exceeds_h_y": points}
+    assert written["flags"].dims == ("epoch", "tap")
+    assert set(written["flags"].values.ravel().tolist()) == {"ridge_dominated,exceeds_h_y"}
+    assert "assumption flags" in format_results(result)
+
+
+def test_flags_name_only_the_points_warned_of_and_other_warnings_pass(store):
+    calls = []
+
+    def plane(x, t, labels):
+        calls.append(1)
+        if len(calls) % 2 == 0:  # slabs run epoch by epoch, relu1 then relu2: relu2 only
+            warning = EstimatorAssumptionWarning("picky", "too_wide", "wide", got="16")
+            warnings.warn(warning, stacklevel=2)
+        warnings.warn("an unrelated warning", DeprecationWarning, stacklevel=2)
+        return torch.tensor(1.0), torch.tensor(0.5)
+
+    picky = Estimator(name="picky", function=plane, information_plane=plane)
+    with pytest.warns(EstimatorAssumptionWarning, match="3 of 6") as record:
+        result = analyze(store, picky)
+    assert sum(w.category is DeprecationWarning for w in record) >= 1  # passed through
+    assert result.attrs["assumption_flags"] == {"too_wide": [[e, "relu2"] for e in range(EPOCHS)]}
+    assert result["flags"].sel(tap="relu1").values.tolist() == [""] * EPOCHS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EstimatorAssumptionWarning)
+        clean = analyze(store, GAUSS)
+    assert clean.attrs["assumption_flags"] == {} and set(clean["flags"].values.ravel()) == {""}

@@ -13,7 +13,13 @@ from matplotlib.image import imread
 import infoshape
 from infoshape import Estimator, Penalty, StoreError, Tap
 from infoshape.apps.analysis import analyze
-from infoshape.apps.report import _panels, default_report_dir, plot_information_plane, report
+from infoshape.apps.report import (
+    _panels,
+    default_report_dir,
+    information_plane_figure,
+    plot_information_plane,
+    report,
+)
 from infoshape.testing import small_mlp
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -133,3 +139,59 @@ def test_plane_with_one_epoch_and_missing_values(tmp_path):
 def test_missing_store_is_an_error(tmp_path):
     with pytest.raises(StoreError, match="no infoshape store"):
         report(tmp_path / "nothing.zarr")
+
+
+def _plane(flags: list[list[str]], i_ty: list[list[float]], h_y: float = 1.5) -> xr.Dataset:
+    return xr.Dataset(
+        {
+            "I_XT": (("epoch", "tap"), np.array([[2.0, 3.0], [2.5, 3.5]])),
+            "I_TY": (("epoch", "tap"), np.array(i_ty)),
+            "flags": (("epoch", "tap"), np.array(flags, dtype=object)),
+        },
+        coords={"epoch": [0, 1], "tap": ["a", "b"]},
+        attrs={"estimator": "handmade", "unit": "nats", "H_Y": h_y},
+    )
+
+
+def _texts(figure) -> tuple[list[str], str]:
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    notes = [
+        t for t in figure.findobj() if getattr(t, "get_gid", lambda: None)() == "assumption_notes"
+    ]
+    return legend, "\n".join(t.get_text() for t in notes)
+
+
+def test_flagged_points_are_marked_and_named_and_a_ceiling_is_said():
+    analysis = _plane(
+        [["ridge_dominated,exceeds_h_y", ""], ["exceeds_h_y", "exceeds_h_y"]],
+        [[1.5, 1.5], [1.5, 1.5]],
+    )
+    figure = information_plane_figure(analysis)
+    marks = {c.get_gid(): c.get_offsets().tolist() for c in figure.axes[0].collections}
+    assert marks["flag:ridge_dominated"] == [[2.0, 1.5]]
+    assert sorted(marks["flag:exceeds_h_y"]) == [[2.0, 1.5], [2.5, 1.5], [3.5, 1.5]]
+    legend, notes = _texts(figure)
+    assert "ridge_dominated (1 of 4)" in legend and "exceeds_h_y (3 of 4)" in legend
+    assert "H(Y) = 1.50" in legend  # from the H_Y attr, no labels given
+    assert "ridge_dominated: a covariance is (near) singular" in notes
+    assert "exceeds_h_y: the raw estimate" in notes
+    assert "every point sits at the ceiling I(T;Y) = H(Y) = 1.5" in notes
+
+
+def test_unflagged_plane_has_no_marks_and_no_notes():
+    figure = information_plane_figure(_plane([["", ""], ["", ""]], [[0.2, 0.4], [0.3, 0.5]]))
+    assert not [c for c in figure.axes[0].collections if str(c.get_gid()).startswith("flag:")]
+    legend, notes = _texts(figure)
+    assert notes == "" and not any("of 4)" in t for t in legend)
+
+
+def test_report_marks_the_flags_that_analyze_wrote(run, tmp_path):
+    import shutil
+
+    store = Path(shutil.copytree(run, tmp_path / "run.zarr"))
+    with pytest.warns(infoshape.EstimatorAssumptionWarning):
+        analyze(store, "gaussian", max_samples=30)  # 10 per class, 16 units: ridge sets it
+    analysis = infoshape.open_store(store)["analysis/gaussian"].to_dataset()
+    legend, notes = _texts(information_plane_figure(analysis))
+    assert any(t.startswith("ridge_dominated (") for t in legend) and "ridge_dominated:" in notes
+    assert tmp_path / "run.report" / "information_plane_gaussian.png" in report(store)
