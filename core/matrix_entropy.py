@@ -44,15 +44,20 @@ from infoshape.linalg import as_samples, one_hot, pairwise_sq_distances
 
 __all__ = [
     "AUTO_EXACT_MAX_N",
+    "DECAY",
     "EIGENVALUE_RTOL",
+    "LENGTH",
     "Convention",
     "Method",
     "SigmaAverage",
     "alignment_curve",
+    "as_matrix",
+    "as_tensor",
     "convert_sigma",
     "entropy",
     "gram",
     "information_plane",
+    "is_labels",
     "joint_entropy",
     "label_gram",
     "mutual_information",
@@ -72,26 +77,27 @@ VON_NEUMANN_TOL = 1e-6
 AUTO_EXACT_MAX_N = 2000
 LANCZOS_RANK, LANCZOS_POWER, LANCZOS_PROBES, LANCZOS_STEPS = 128, 2, 32, 30
 #: the length ``L`` of ``K = exp(−‖(z_i − z_j)/L‖²)`` for a width in each convention
-_LENGTH = {"2sigma2": lambda s: math.sqrt(2) * s, "sigma2": lambda s: s, "sigma": lambda s: s**0.5}
+LENGTH = {"2sigma2": lambda s: math.sqrt(2) * s, "sigma2": lambda s: s, "sigma": lambda s: s**0.5}
 
 
 def _fail(what: str, expected: str, got: Any, fix: str) -> ConfigError:
     return ConfigError(f"renyi: {what}", expected=expected, got=repr(got), fix=fix)
 
 
-def _tensor(v: Any) -> torch.Tensor:
+def as_tensor(v: Any) -> torch.Tensor:
+    """``v`` as a tensor: tensors as they are, numpy/xarray arrays (anything array-like) as one."""
     return v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
 
 
 def _length(sigma: Any, convention: str) -> Any:
-    if convention not in _LENGTH:
+    if convention not in LENGTH:
         raise _fail(
             "unknown kernel convention",
             "'2sigma2', 'sigma2' or 'sigma'",
             convention,
             "use one of the three forms of METHODS.md §1",
         )
-    return _LENGTH[convention](sigma)
+    return LENGTH[convention](sigma)
 
 
 def convert_sigma(sigma: float, source: Convention, target: Convention) -> float:
@@ -119,20 +125,20 @@ def gram(x: Any, sigma: float, convention: Convention = "2sigma2") -> torch.Tens
             sigma,
             "pass a width, or sigma=None for Silverman's rule",
         )
-    z = as_samples(_tensor(x), torch.float64) / _length(sigma, convention)  # no underflow of σ²
+    z = as_samples(as_tensor(x), torch.float64) / _length(sigma, convention)  # no underflow of σ²
     return torch.neg(pairwise_sq_distances(z)).exp_()  # in place: one N² temporary less
 
 
 def label_gram(labels: Any) -> torch.Tensor:
     """Label Gram ``K_y = Y Yᵀ`` of one-hot rows ``Y`` of integer labels (float rows as given)."""
-    y = _tensor(labels)
+    y = as_tensor(labels)
     y = y.to(torch.float64) if y.is_floating_point() and y.ndim == 2 else one_hot(y)
     return y @ y.T
 
 
 def normalize(K: Any) -> torch.Tensor:
     """``A_ij = K_ij / (N·sqrt(K_ii K_jj))``, so that ``tr A = 1`` (METHODS.md §1), float64."""
-    K = _tensor(K).to(torch.float64)
+    K = as_tensor(K).to(torch.float64)
     d = torch.diagonal(K).sqrt()
     if bool((d == 1).all()):  # a Gaussian Gram matrix: skip the N² outer product
         return K / K.shape[0]
@@ -248,7 +254,7 @@ def entropy(
     Returns:
         a float64 scalar tensor.
     """
-    A = _tensor(A).to(torch.float64)
+    A = as_tensor(A).to(torch.float64)
     if not alpha > 0:
         raise _fail("the order must be positive", "alpha > 0", alpha, "alpha=1.01 is the default")
     if base not in ("e", 2, "2"):
@@ -269,7 +275,7 @@ def entropy(
 
 def joint_entropy(A: Any, B: Any, alpha: float = 1.01, **options: Any) -> torch.Tensor:
     """``H_α(A, B) = H_α(A∘B / tr(A∘B))`` (METHODS.md §1); ``options`` as for :func:`entropy`."""
-    C = _tensor(A).to(torch.float64) * _tensor(B).to(torch.float64)
+    C = as_tensor(A).to(torch.float64) * as_tensor(B).to(torch.float64)
     return entropy(C / torch.trace(C), alpha, **options)
 
 
@@ -284,7 +290,7 @@ def silverman_sigma(
     per-feature rule makes ``K`` the identity. A number fixes γ (Yu et al. use 0.8 on
     standardized data). Constant data give σ = 1. A plain float: no gradient flows through σ.
     """
-    x = as_samples(_tensor(x), torch.float64).detach()
+    x = as_samples(as_tensor(x), torch.float64).detach()
     n, d = x.shape
     if gamma is None:  # the spread of x / max|x|, scaled back: no underflow for tiny data
         scale = float(x.abs().max()) if x.numel() else 0.0
@@ -296,14 +302,15 @@ def silverman_sigma(
     )
 
 
-def _is_labels(v: torch.Tensor) -> bool:
+def is_labels(v: torch.Tensor) -> bool:
+    """Whether ``v`` holds labels (integer or boolean values), not samples (float values)."""
     return not (v.is_floating_point() or v.is_complex())
 
 
-def _matrix(v: Any, sigma: float | None, convention: Convention = "2sigma2") -> torch.Tensor:
+def as_matrix(v: Any, sigma: float | None, convention: Convention = "2sigma2") -> torch.Tensor:
     """``A`` of labels (one-hot Gram) or of samples (Silverman's σ when ``sigma`` is None)."""
-    v = _tensor(v)
-    if _is_labels(v):
+    v = as_tensor(v)
+    if is_labels(v):
         return normalize(label_gram(v))
     return normalize(
         gram(v, silverman_sigma(v, None, convention) if sigma is None else sigma, convention)
@@ -336,7 +343,9 @@ def mutual_information(
         convention: kernel form (module docstring).
         **options: ``base``, ``method``, ``seed`` as for :func:`entropy`.
     """
-    return _mi(_matrix(x, sigma_x, convention), _matrix(y, sigma_y, convention), alpha, **options)
+    return _mi(
+        as_matrix(x, sigma_x, convention), as_matrix(y, sigma_y, convention), alpha, **options
+    )
 
 
 def information_plane(
@@ -346,11 +355,12 @@ def information_plane(
 
     The registry's ``Estimator.information_plane``; ``options`` as for :func:`entropy`.
     """
-    A_x, A_t, A_y = (_matrix(v, None) for v in (x, t, labels))
+    A_x, A_t, A_y = (as_matrix(v, None) for v in (x, t, labels))
     return _mi(A_x, A_t, alpha, **options), _mi(A_t, A_y, alpha, **options)
 
 
-_DECAY = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
+#: the validators of a moving-average decay: ``0 ≤ decay < 1``.
+DECAY = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
 
 
 @attrs.define(kw_only=True)
@@ -362,7 +372,7 @@ class SigmaAverage:
         value: the current average (``None`` before the first update).
     """
 
-    decay: float = attrs.field(default=0.9, validator=_DECAY)
+    decay: float = attrs.field(default=0.9, validator=DECAY)
     value: float | None = None
 
     def update(self, sigma: float) -> float:
@@ -416,7 +426,7 @@ def select_sigma(
     candidate is returned. Returns σ in ``convention``; σ = 1 for constant data.
     """
     with torch.no_grad():
-        D = pairwise_sq_distances(as_samples(_tensor(x), torch.float64))
+        D = pairwise_sq_distances(as_samples(as_tensor(x), torch.float64))
         d = D[tuple(torch.triu_indices(len(D), len(D), 1))].sqrt()
         d = d[d > 0][:: d.numel() // 2**24 + 1]  # torch.quantile takes up to 2^24 values
         if d.numel() == 0:
