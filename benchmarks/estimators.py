@@ -16,10 +16,17 @@ A second table times ``d`` univariate KSG estimates ``I(x_j; y)``, one per unit 
 128-unit layer), ours against scikit-learn's ``mutual_info_regression`` (k = 3, its k-d
 trees) on the same data, ``y`` = label + unit Gaussian noise, and gives their ratio.
 
+Rényi paths on two kinds of data (``--renyi-sizes``, default N = 3000; issue 19 item 10): the
+data above ("gaussian", Silverman's σ) and "clustered": 10 tight clusters in 64-D (centres
+``N(0, I)``, spread 0.1) at σ = 0.84, where ``exp(−d²/(2σ²))/N`` across clusters falls among
+the float32 subnormals (about 40 % of the entries). Rows ``exact``, ``lanczos``, ``auto`` and
+``lanczos-unflushed`` (subnormals kept, the old cost); ``ran`` says which path ran, with
+``exact (fallback)`` when the Lanczos quadrature did not settle within its cap.
+
 Usage: python benchmarks/estimators.py [--sizes 256 1000 4000] [--fast-sizes 10000]
        [--exact-10k] [--univariate-sizes 1000 4000] [--dim 128] [--repeats 3]
+       [--renyi-sizes 3000] [--renyi-only]
        [--out benchmarks/results/estimators.json]
-(``--sizes --fast-sizes`` with no values runs the univariate table alone.)
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpy as np
 import torch
 from sklearn.feature_selection import mutual_info_regression
 
+from infoshape.math import matrix_entropy
 from infoshape.plugins import binning, gaussian, kl_pairwise, ksg, renyi
 
 
@@ -91,6 +99,81 @@ for _path in ("exact", "lanczos", "auto"):
         ran=lambda n, p=_path: renyi.resolve_method(n, 1.01, p),
     )(_renyi(_path))
 case("renyi_alpha2", "auto", ran=lambda n: renyi.resolve_method(n, 2.0))(_renyi("auto", 2.0))
+
+
+def make_clustered(n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` float64 samples in 10 tight clusters in 64-D (centres ``N(0, I)``, spread 0.1)."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(10, 64, generator=gen, dtype=torch.float64)
+    noise = torch.randn(n, 64, generator=gen, dtype=torch.float64)
+    return centres[torch.arange(n) % 10] + 0.1 * noise
+
+
+CLUSTERED_SIGMA = 0.84  # cross-cluster exp(−d²/(2σ²))/N among the float32 subnormals
+
+
+def _renyi_path_ran(A: torch.Tensor, method: str) -> str:
+    """The path :func:`renyi.entropy` took on ``A``, with a Lanczos fallback to exact named."""
+    path = renyi.resolve_method(A.shape[0], 1.01, method)
+    if path == "lanczos" and matrix_entropy._lanczos_entropy(A, 1.01, 0) is None:
+        return "exact (fallback)"
+    return path
+
+
+def bench_renyi_data(sizes: list[int], dim: int, repeats: int) -> list[dict]:
+    """Rényi ``exact``, ``lanczos``, ``auto`` and ``lanczos-unflushed`` on both kinds of data."""
+    rows: list[dict] = []
+    for n in sizes:
+        x = make_data(n, dim)[0]
+        data = {
+            "gaussian": (x, renyi.silverman_sigma(x)),
+            "clustered": (make_clustered(n), CLUSTERED_SIGMA),
+        }
+        for kind, (x, sigma) in data.items():
+            A32 = renyi.normalize(renyi.gram(x, sigma)).float()
+            subnormal = float(
+                ((A32 != 0) & (A32.abs() < torch.finfo(torch.float32).tiny)).mean(
+                    dtype=torch.float64
+                )
+            )
+            exact = math.nan
+            for path in ("exact", "lanczos", "auto", "lanczos-unflushed"):
+                method = path.split("-")[0]
+
+                def run(x=x, sigma=sigma, method=method) -> float:
+                    A = renyi.normalize(renyi.gram(x, sigma))
+                    return float(renyi.entropy(A, 1.01, method=method))
+
+                flush = matrix_entropy.FLUSH_BELOW
+                matrix_entropy.FLUSH_BELOW = 0.0 if path == "lanczos-unflushed" else flush
+                try:
+                    seconds, value = _time(run, repeats)
+                finally:
+                    matrix_entropy.FLUSH_BELOW = flush
+                exact = value if path == "exact" else exact
+                rel = None if path == "exact" else abs(value - exact) / abs(exact)
+                ran = _renyi_path_ran(renyi.normalize(renyi.gram(x, sigma)), method)
+                rows.append(
+                    {
+                        "estimator": "renyi",
+                        "data": kind,
+                        "path": path,
+                        "ran": ran,
+                        "N": n,
+                        "sigma": sigma,
+                        "subnormal_fraction": subnormal,
+                        "seconds": seconds,
+                        "value": value,
+                        "rel_error_vs_exact": rel,
+                    }
+                )
+                err = "" if rel is None else f"{100 * rel:.3f} %"
+                print(
+                    f"{kind:10s} {path:18s} {ran:17s} {n:6d} {100 * subnormal:10.1f} "
+                    f"{seconds:9.4f} {value:11.5f} {err:>10s}",
+                    flush=True,
+                )
+    return rows
 
 
 # ------------------------------------------------------------------- the other estimators
@@ -212,19 +295,45 @@ def main() -> None:
     )
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--renyi-sizes",
+        type=int,
+        nargs="*",
+        default=[3000],
+        help="sizes of the Rényi paths on Gaussian and clustered data (module docstring)",
+    )
+    parser.add_argument(
+        "--renyi-only", action="store_true", help="only the Rényi paths on the two kinds of data"
+    )
     parser.add_argument("--out", default="benchmarks/results/estimators.json")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d = {args.dim}")
+    rows = []
+    if not args.renyi_only:
+        print(
+            f"{'estimator':14s} {'path':10s} {'ran':10s} {'N':>6s} {'seconds':>9s} "
+            f"{'value':>11s} {'vs exact':>10s}"
+        )
+        rows += bench(args.sizes, args.dim, args.repeats)
+        rows += bench(args.fast_sizes, args.dim, args.repeats, lift_limits=args.exact_10k)
     print(
-        f"{'estimator':14s} {'path':10s} {'ran':10s} {'N':>6s} {'seconds':>9s} {'value':>11s} "
-        f"{'vs exact':>10s}"
+        f"{'data':10s} {'path':18s} {'ran':17s} {'N':>6s} {'subnormal%':>10s} {'seconds':>9s} "
+        f"{'value':>11s} {'vs exact':>10s}"
     )
-    rows = bench(args.sizes, args.dim, args.repeats)
-    rows += bench(args.fast_sizes, args.dim, args.repeats, lift_limits=args.exact_10k)
-    print(f"\n{args.dim} univariate KSG estimates I(x_j; y): ours vs scikit-learn")
-    header = ("N", 6), ("units", 6), ("ours s", 9), ("sklearn s", 9), ("ratio", 7), ("|diff|", 10)
-    print(" ".join(f"{name:>{width}s}" for name, width in header))
-    univariate = bench_univariate(args.univariate_sizes, args.dim, args.repeats)
+    rows += bench_renyi_data(args.renyi_sizes, args.dim, args.repeats)
+    univariate = []
+    if not args.renyi_only:
+        print(f"\n{args.dim} univariate KSG estimates I(x_j; y): ours vs scikit-learn")
+        header = (
+            ("N", 6),
+            ("units", 6),
+            ("ours s", 9),
+            ("sklearn s", 9),
+            ("ratio", 7),
+            ("|diff|", 10),
+        )
+        print(" ".join(f"{name:>{width}s}" for name, width in header))
+        univariate = bench_univariate(args.univariate_sizes, args.dim, args.repeats)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -234,7 +343,9 @@ def main() -> None:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },
-        "data": f"10 Gaussian classes (centres spread 3, unit noise), d = {args.dim}, float64",
+        "data": f"10 Gaussian classes (centres spread 3, unit noise), d = {args.dim}, float64; "
+        "Rényi rows with a 'data' key: that data ('gaussian') and 10 tight clusters in 64-D "
+        f"('clustered', spread 0.1, σ = {CLUSTERED_SIGMA})",
         "timing": f"minimum over {args.repeats} calls (one call above N = 4000)",
         "auto_exact_max_n": renyi.AUTO_EXACT_MAX_N,
         "rows": rows,

@@ -48,8 +48,8 @@ from infoshape.capture import Tap
 from infoshape.errors import ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.math.matrix_entropy import (
-    _DECAY,
-    _LENGTH,
+    DECAY,
+    LENGTH,
     Convention,
     SigmaAverage,
     alignment_curve,
@@ -238,13 +238,13 @@ class MICEConfig:
         default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
     )
     horizon: int = attrs.field(default=50, validator=attrs.validators.ge(1))
-    convention: Convention = attrs.field(default="2sigma2", validator=attrs.validators.in_(_LENGTH))
+    convention: Convention = attrs.field(default="2sigma2", validator=attrs.validators.in_(LENGTH))
     sigma: float | None = attrs.field(default=None, validator=_positive_or_none)
     sigma_range: tuple[float, float] = attrs.field(
         default=(0.1, 1.0), converter=tuple, validator=_range
     )
     n_candidates: int = attrs.field(default=100, validator=attrs.validators.ge(1))
-    sigma_decay: float = attrs.field(default=0.0, validator=_DECAY)
+    sigma_decay: float = attrs.field(default=0.0, validator=DECAY)
     base: Literal["e", 2] = attrs.field(default="e", validator=attrs.validators.in_(("e", 2)))
     input_module: str | None = None
     input_sigma: Literal["alignment", "shared"] = attrs.field(

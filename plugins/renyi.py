@@ -16,20 +16,20 @@ import torch
 from infoshape.capture import Tap
 from infoshape.hookspecs import hookimpl
 from infoshape.math.matrix_entropy import (
-    _DECAY,
-    _LENGTH,
     AUTO_EXACT_MAX_N,
+    DECAY,
     EIGENVALUE_RTOL,
+    LENGTH,
     Convention,
     Method,
     SigmaAverage,
-    _is_labels,
-    _matrix,
-    _tensor,
+    as_matrix,
+    as_tensor,
     convert_sigma,
     entropy,
     gram,
     information_plane,
+    is_labels,
     joint_entropy,
     label_gram,
     mutual_information,
@@ -89,13 +89,13 @@ class RenyiConfig:
     """
 
     alpha: float = attrs.field(default=1.01, validator=attrs.validators.gt(0))
-    convention: Convention = attrs.field(default="2sigma2", validator=attrs.validators.in_(_LENGTH))
+    convention: Convention = attrs.field(default="2sigma2", validator=attrs.validators.in_(LENGTH))
     sigma: float | None = attrs.field(default=None, validator=_optional_positive)
     sigma_method: Literal["alignment", "silverman"] = attrs.field(
         default="alignment", validator=attrs.validators.in_(("alignment", "silverman"))
     )
     n_candidates: int = attrs.field(default=100, validator=attrs.validators.ge(1))
-    sigma_decay: float = attrs.field(default=0.0, validator=_DECAY)
+    sigma_decay: float = attrs.field(default=0.0, validator=DECAY)
     silverman_gamma: float | None = attrs.field(default=None, validator=_optional_positive)
     layers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     input_module: str | None = None
@@ -137,7 +137,7 @@ class Renyi:
         c = self.config
         if c.sigma is not None:
             sigma = c.sigma
-        elif c.sigma_method == "silverman" or not _is_labels(labels):
+        elif c.sigma_method == "silverman" or not is_labels(labels):
             sigma = silverman_sigma(t, c.silverman_gamma, c.convention)
         else:
             avg = self.averages.setdefault(name, SigmaAverage(decay=c.sigma_decay))
@@ -153,8 +153,8 @@ class Renyi:
             return {}
         c, out = self.config, {}
         with torch.no_grad():
-            y = _tensor(targets)
-            A_y = _matrix(y, None, c.convention)
+            y = as_tensor(targets)
+            A_y = as_matrix(y, None, c.convention)
             h_y = entropy(A_y, c.alpha, method=c.method)
             A_x = h_x = None
             if self.input_tap is not None:

@@ -1,20 +1,24 @@
 """The third-party plugin example: a real pip install, discovery by entry point, its own tests.
 
 ``examples/third_party_plugin`` is copied to a temporary folder (so the build
-writes nothing into the repository), pip-installed into the running
-environment, exercised in fresh subprocesses (as a user would), and uninstalled
-at teardown. Its own test suite runs here too, in a subprocess against the
-installed package (the main pytest does not collect it).
+writes nothing into the repository), pip-installed into a temporary target folder
+(``pip install --target``: never into the shared environment, so that parallel
+pytest-xdist workers, each with its own install, cannot uninstall it from under
+each other) and exercised in fresh subprocesses that have that folder on
+``PYTHONPATH`` (as a user's environment would). Its own test suite runs here too,
+in a subprocess against the installed package (the main pytest does not collect it).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -30,20 +34,29 @@ def _pip(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+class Installed(NamedTuple):
+    """The copied example and the environment of a process that sees its installed package."""
+
+    source: Path
+    env: dict[str, str]
+
+
+def _python(code: str, installed: Installed) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
-        cwd=cwd,
+        cwd=installed.source.parent,
+        env=installed.env,
         timeout=300,
     )
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """The example, copied and pip-installed; uninstalled afterwards."""
-    source = tmp_path_factory.mktemp("third_party") / "third_party_plugin"
+def installed(tmp_path_factory) -> Installed:
+    """The example, copied and pip-installed into its own target folder (deleted with tmp)."""
+    root = tmp_path_factory.mktemp("third_party")
+    source, site = root / "third_party_plugin", root / "site"
     shutil.copytree(
         EXAMPLE,
         source,
@@ -51,13 +64,18 @@ def installed(tmp_path_factory) -> Path:
             "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"
         ),
     )
-    done = _pip("install", "--no-deps", "--no-build-isolation", "--no-input", str(source))
+    done = _pip(
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-input",
+        "--target",
+        str(site),
+        str(source),
+    )
     assert done.returncode == 0, f"pip install failed:\n{done.stdout}\n{done.stderr}"
-    try:
-        yield source
-    finally:
-        undone = _pip("uninstall", "-y", DIST)
-        assert undone.returncode == 0, f"pip uninstall failed:\n{undone.stderr}"
+    path = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return Installed(source, {**os.environ, "PYTHONPATH": path})
 
 
 def test_install_wrote_nothing_into_the_repository(installed):
@@ -87,7 +105,7 @@ def test_entry_point_is_discovered_and_loads(installed):
             "type": type(info.plugin).__name__,
         }))
         """,
-        installed.parent,
+        installed,
     )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
@@ -103,7 +121,12 @@ def test_cli_lists_the_plugin(installed):
     script = Path(sys.executable).with_name("infoshape")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "infoshape"]
     done = subprocess.run(
-        [*command, "plugins"], capture_output=True, text=True, cwd=installed.parent, timeout=300
+        [*command, "plugins"],
+        capture_output=True,
+        text=True,
+        cwd=installed.source.parent,
+        env=installed.env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     line = next(row for row in done.stdout.splitlines() if row.split()[:1] == ["unit_stats"])
@@ -132,7 +155,7 @@ def test_session_emits_its_metrics(installed):
             metrics = s.epoch_end(probe=(x, y))
         print(json.dumps({k: getattr(v, "tolist", lambda: v)() for k, v in metrics.items()}))
         """,
-        installed.parent,
+        installed,
     )
     assert done.returncode == 0, done.stderr
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
@@ -149,7 +172,8 @@ def test_the_plugins_own_tests_pass(installed):
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         capture_output=True,
         text=True,
-        cwd=installed,
+        cwd=installed.source,
+        env=installed.env,
         timeout=600,
     )
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-2000:]}"

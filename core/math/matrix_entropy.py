@@ -21,9 +21,12 @@ Fast path (``method="lanczos"``; ``"auto"`` takes it above ``AUTO_EXACT_MAX_N`` 
 ``−λ log λ``, is split as in Hutch++ into the ``LANCZOS_RANK`` top eigenvalues (randomized
 subspace iteration with ``LANCZOS_POWER`` power steps, Rayleigh–Ritz) and ``tr f(PAP)``,
 ``P = I − QQᵀ``, by stochastic Lanczos quadrature (``LANCZOS_PROBES`` Rademacher probes,
-``LANCZOS_STEPS`` steps, full re-orthogonalization) with the quadratic Taylor polynomial of
-``f`` at the mean tail eigenvalue as control variate (``tr P``, ``tr PAP``, ``tr (PAP)²`` are
-known exactly). Cost ``O((k + m·s)·N²)``, products in float32. Measured relative error of the
+``LANCZOS_STEPS`` steps at most, full re-orthogonalization; it stops once the entropy settles
+to ``LANCZOS_RTOL``, and the exact path runs when it does not within the cap) with the
+quadratic Taylor polynomial of ``f`` at the mean tail eigenvalue as control variate (``tr P``,
+``tr PAP``, ``tr (PAP)²`` are known exactly). Cost ``O((k + m·s)·N²)``, products in float32
+with subnormal entries zeroed (``FLUSH_BELOW``); ``"auto"`` takes it only where a cost model
+says it beats exact (:func:`lanczos_cost_ratio`). Measured relative error of the
 entropy for α ≥ 1: at most 0.5 % at N = 4000 over Gaussian, clustered and low-rank data, two
 widths, three seeds; 0.2 % at N = 10,000 (``benchmarks/estimators.py``); the tests hold it to
 1 % at N = 1500. For α = 0.5 tiny eigenvalues weigh more: up to 2.4 % on the low-rank data.
@@ -44,17 +47,25 @@ from infoshape.math.linalg import as_samples, one_hot, pairwise_sq_distances, re
 
 __all__ = [
     "AUTO_EXACT_MAX_N",
+    "DECAY",
     "EIGENVALUE_RTOL",
+    "EXACT_FLOP_COST",
+    "FLUSH_BELOW",
+    "LENGTH",
     "Convention",
     "Method",
     "SigmaAverage",
     "alignment_curve",
+    "as_matrix",
+    "as_tensor",
     "convert_sigma",
     "entropy",
     "gram",
     "information_plane",
+    "is_labels",
     "joint_entropy",
     "label_gram",
+    "lanczos_cost_ratio",
     "mutual_information",
     "normalize",
     "resolve_method",
@@ -68,30 +79,42 @@ Method = Literal["auto", "exact", "lanczos"]
 EIGENVALUE_RTOL = 1e-12
 #: ``|α − 1|`` below this uses the von Neumann limit ``−Σ λ log λ``.
 VON_NEUMANN_TOL = 1e-6
-#: ``method="auto"`` runs exact float64 ``eigvalsh`` up to this many samples, Lanczos above.
+#: ``method="auto"`` runs exact float64 ``eigvalsh`` up to this many samples (and above, where
+#: the cost model finds Lanczos slower: :func:`lanczos_cost_ratio`).
 AUTO_EXACT_MAX_N = 2000
 LANCZOS_RANK, LANCZOS_POWER, LANCZOS_PROBES, LANCZOS_STEPS = 128, 2, 32, 30
+#: Lanczos stops when two Gauss-rule entropies ``LANCZOS_CHECK`` steps apart differ by at most
+#: ``LANCZOS_RTOL`` relative; not so by the ``LANCZOS_STEPS`` cap: the exact path runs instead.
+LANCZOS_CHECK, LANCZOS_RTOL = 5, 1e-3
+#: time per flop of float64 ``eigvalsh`` over that of a float32 matrix product, the cost model's
+#: constant (:func:`lanczos_cost_ratio`). Measured 1.8 (MKL, 2 threads) and 6.4 (the machine of
+#: issue 19); the lower bound of the range is taken, so that ``"auto"`` errs towards exact.
+EXACT_FLOP_COST = 1.5
+#: float32 entries of magnitude below this (subnormals) are zeroed before the Lanczos products:
+#: ``exp(−d²/(2σ²))/N`` underflows into them, and products with subnormals can be 15× slower.
+FLUSH_BELOW = torch.finfo(torch.float32).tiny
 #: the length ``L`` of ``K = exp(−‖(z_i − z_j)/L‖²)`` for a width in each convention
-_LENGTH = {"2sigma2": lambda s: math.sqrt(2) * s, "sigma2": lambda s: s, "sigma": lambda s: s**0.5}
+LENGTH = {"2sigma2": lambda s: math.sqrt(2) * s, "sigma2": lambda s: s, "sigma": lambda s: s**0.5}
 
 
 def _fail(what: str, expected: str, got: Any, fix: str) -> ConfigError:
     return ConfigError(f"renyi: {what}", expected=expected, got=repr(got), fix=fix)
 
 
-def _tensor(v: Any) -> torch.Tensor:
+def as_tensor(v: Any) -> torch.Tensor:
+    """``v`` as a tensor: tensors as they are, numpy/xarray arrays (anything array-like) as one."""
     return v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
 
 
 def _length(sigma: Any, convention: str) -> Any:
-    if convention not in _LENGTH:
+    if convention not in LENGTH:
         raise _fail(
             "unknown kernel convention",
             "'2sigma2', 'sigma2' or 'sigma'",
             convention,
             "use one of the three forms of METHODS.md §1",
         )
-    return _LENGTH[convention](sigma)
+    return LENGTH[convention](sigma)
 
 
 def convert_sigma(sigma: float, source: Convention, target: Convention) -> float:
@@ -119,20 +142,20 @@ def gram(x: Any, sigma: float, convention: Convention = "2sigma2") -> torch.Tens
             sigma,
             "pass a width, or sigma=None for Silverman's rule",
         )
-    z = as_samples(_tensor(x), torch.float64) / _length(sigma, convention)  # no underflow of σ²
+    z = as_samples(as_tensor(x), torch.float64) / _length(sigma, convention)  # no underflow of σ²
     return torch.neg(pairwise_sq_distances(z)).exp_()  # in place: one N² temporary less
 
 
 def label_gram(labels: Any) -> torch.Tensor:
     """Label Gram ``K_y = Y Yᵀ`` of one-hot rows ``Y`` of integer labels (float rows as given)."""
-    y = _tensor(labels)
+    y = as_tensor(labels)
     y = y.to(torch.float64) if y.is_floating_point() and y.ndim == 2 else one_hot(y)
     return y @ y.T
 
 
 def normalize(K: Any) -> torch.Tensor:
     """``A_ij = K_ij / (N·sqrt(K_ii K_jj))``, so that ``tr A = 1`` (METHODS.md §1), float64."""
-    K = _tensor(K).to(torch.float64)
+    K = as_tensor(K).to(torch.float64)
     d = torch.diagonal(K).sqrt()
     if bool((d == 1).all()):  # a Gaussian Gram matrix: skip the N² outer product
         return K / K.shape[0]
@@ -151,10 +174,21 @@ def _f(alpha: float, t: torch.Tensor, k: int = 0) -> torch.Tensor:
     return (t**alpha, alpha * t ** (alpha - 1), alpha * (alpha - 1) / 2 * t ** (alpha - 2))[k]
 
 
-def _quadrature(A32: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Gauss nodes and weights ``(b, s)`` of ``vᵀ f(PAP) v`` for unit rows ``v ⟂ q`` (Lanczos)."""
+def _gauss_rule(a: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes and weights ``(b, j)`` of the Gauss rules of the tridiagonal ``T = (a, beta)``."""
+    off = torch.diag_embed(beta, 1)
+    theta, u = torch.linalg.eigh((torch.diag_embed(a) + off + off.mT).double())
+    return theta, u[:, 0, :] ** 2
+
+
+def _quadrature(A32: torch.Tensor, q: torch.Tensor, v: torch.Tensor, value: Any) -> float | None:
+    """Lanczos on ``PAP`` from rows ``v ⟂ q``: the settled ``value`` of its Gauss rules, or None.
+
+    ``value(nodes, weights)`` of the rules of ``vᵀ f(PAP) v``, checked every ``LANCZOS_CHECK``.
+    """
     b, n, s = *v.shape, LANCZOS_STEPS
     basis, a, beta = v.new_zeros(b, s, n), v.new_zeros(b, s), v.new_zeros(b, s)
+    last = None
     for j in range(s):
         basis[:, j] = v
         w = v @ A32
@@ -169,15 +203,28 @@ def _quadrature(A32: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> tuple[to
         ok = norm > 1e-7 * a[:, 0].abs()  # breakdown: the Krylov space is invariant
         beta[:, j] = torch.where(ok, norm, 0.0)
         v = torch.where(ok[:, None], w / torch.where(ok, norm, 1.0)[:, None], 0.0)
-    off = torch.diag_embed(beta[:, :-1], 1)
-    theta, u = torch.linalg.eigh((torch.diag_embed(a) + off + off.mT).double())
-    return theta, u[:, 0, :] ** 2
+        if (j + 1) % LANCZOS_CHECK == 0:
+            h = value(*_gauss_rule(a[:, : j + 1], beta[:, :j]))
+            if last is not None and abs(h - last) <= LANCZOS_RTOL * max(abs(h), 1e-3):
+                return h
+            last = h
+    return None
+
+
+def _float32(A: torch.Tensor) -> torch.Tensor:
+    """``A`` in float32 with subnormal entries zeroed (``FLUSH_BELOW``): fast products."""
+    return (A32 := A.float()).masked_fill_(A32.abs() < FLUSH_BELOW, 0.0)
+
+
+def _entropy_of_trace(alpha: float, s: torch.Tensor) -> torch.Tensor:
+    """``H_α`` from ``s = tr f(A)``: ``s`` itself (von Neumann), else ``log s / (1 − α)``."""
+    return s if abs(alpha - 1) < VON_NEUMANN_TOL else torch.log(s) / (1 - alpha)
 
 
 @torch.no_grad()
-def _lanczos_trace(A: torch.Tensor, alpha: float, seed: int) -> torch.Tensor:
-    """Estimate of ``tr f(A)``: exact top eigenvalues plus SLQ on the rest (module docstring)."""
-    n, gen, A32 = A.shape[0], torch.Generator().manual_seed(seed), A.float()
+def _lanczos_entropy(A: torch.Tensor, alpha: float, seed: int) -> torch.Tensor | None:
+    """``H_α`` by top eigenvalues plus SLQ (module docstring); ``None``: SLQ did not settle."""
+    n, gen, A32 = A.shape[0], torch.Generator().manual_seed(seed), _float32(A)
     y = A32 @ torch.randn(n, LANCZOS_RANK, generator=gen)
     for _ in range(LANCZOS_POWER):
         y = A32 @ torch.linalg.qr(y).Q
@@ -187,27 +234,48 @@ def _lanczos_trace(A: torch.Tensor, alpha: float, seed: int) -> torch.Tensor:
     lam = torch.linalg.eigvalsh(qaq)
     floor = EIGENVALUE_RTOL * lam[-1]
     head = _f(alpha, lam[lam > floor]).sum()
+    t0, t1 = n - LANCZOS_RANK, torch.trace(A) - torch.trace(qaq)
+    mean = t1 / t0
+    if not mean > floor:
+        return _entropy_of_trace(alpha, head)
     z = (torch.randint(0, 2, (n, LANCZOS_PROBES), generator=gen) * 2 - 1).double()
     z = z - q @ (q.T @ z)
     zn = z.norm(dim=0)
-    theta, w = _quadrature(A32, q.float(), (z / zn).T.float().contiguous())
-    t0, t1 = n - LANCZOS_RANK, torch.trace(A) - torch.trace(qaq)
     t2 = _frobenius2(A) - 2 * (aq * aq).sum() + (qaq * qaq).sum()  # tr (PAP)²
-    mean = t1 / t0
-    if not mean > floor:
-        return head
     c0, c1, c2 = (_f(alpha, mean, k) for k in range(3))
-    taylor = c0 + c1 * (theta - mean) + c2 * (theta - mean) ** 2
     exact = c0 * t0 + c1 * (t1 - mean * t0) + c2 * (t2 - 2 * mean * t1 + mean**2 * t0)
-    f = torch.where(theta > floor, _f(alpha, theta.clamp_min(floor)), 0.0)
-    return head + (((w * (f - taylor)).sum(1) * zn**2).mean() + exact).clamp_min(0.0)
+
+    def value(theta: torch.Tensor, w: torch.Tensor) -> float:
+        taylor = c0 + c1 * (theta - mean) + c2 * (theta - mean) ** 2
+        f = torch.where(theta > floor, _f(alpha, theta.clamp_min(floor)), 0.0)
+        tail = (((w * (f - taylor)).sum(1) * zn**2).mean() + exact).clamp_min(0.0)
+        return float(_entropy_of_trace(alpha, head + tail))
+
+    h = _quadrature(A32, q.float(), (z / zn).T.float().contiguous(), value)
+    return None if h is None else torch.tensor(h, dtype=torch.float64)
+
+
+def lanczos_cost_ratio(n: int) -> float:
+    """Estimated time of the Lanczos path over that of the exact one, for ``n`` samples.
+
+    Flops, float32 products weighing 1 and float64 ``eigvalsh`` ``EXACT_FLOP_COST``: exact
+    ``(4/3)·n³`` (the tridiagonal reduction); Lanczos ``2n²·((p + 2)·k + m·s)`` for the
+    products (``k = LANCZOS_RANK``, ``p = LANCZOS_POWER``, ``m = LANCZOS_PROBES``, ``s`` the
+    ``LANCZOS_STEPS`` cap) plus ``4n·(m·s² + (p + 2)·k²)`` for re-orthogonalization and QR.
+    """
+    k, p, m, s = LANCZOS_RANK, LANCZOS_POWER, LANCZOS_PROBES, LANCZOS_STEPS
+    lanczos = 2 * n * n * ((p + 2) * k + m * s) + 4 * n * (m * s * s + (p + 2) * k * k)
+    return lanczos / (EXACT_FLOP_COST * 4 / 3 * n**3)
 
 
 def resolve_method(n: int, alpha: float = 1.01, method: Method = "auto", grad: bool = False) -> str:
     """The path :func:`entropy` takes: ``"frobenius"`` (α = 2), ``"exact"`` or ``"lanczos"``.
 
-    ``"auto"`` runs exact up to ``AUTO_EXACT_MAX_N`` samples, for α < 1 and when a gradient is
-    needed; ``"lanczos"`` on fewer than ``2·(LANCZOS_RANK + LANCZOS_PROBES)`` samples runs exact.
+    ``"auto"`` runs Lanczos only above ``AUTO_EXACT_MAX_N`` samples, for α ≥ 1, without a
+    gradient, and where the cost model says it is the faster (:func:`lanczos_cost_ratio`
+    ``< 1``); ``"lanczos"`` runs it as asked, except on fewer than
+    ``2·(LANCZOS_RANK + LANCZOS_PROBES)`` samples. Either falls back to exact at run time when
+    the quadrature does not settle within ``LANCZOS_STEPS`` steps (:func:`entropy`).
     """
     if method not in ("auto", "exact", "lanczos"):
         raise _fail("unknown method", "'auto', 'exact' or 'lanczos'", method, "use 'auto'")
@@ -221,6 +289,7 @@ def resolve_method(n: int, alpha: float = 1.01, method: Method = "auto", grad: b
             "use method='exact' in a penalty, or detach the input",
         )
     auto = n > AUTO_EXACT_MAX_N and not grad and alpha >= 1  # α < 1 weighs tiny eigenvalues
+    auto &= lanczos_cost_ratio(n) < 1
     fast = method == "lanczos" or (method == "auto" and auto)
     return "lanczos" if fast and n > 2 * (LANCZOS_RANK + LANCZOS_PROBES) else "exact"
 
@@ -251,28 +320,27 @@ def entropy(
     Raises:
         NonFiniteError: ``A`` holds NaN or Inf.
     """
-    A = require_finite(_tensor(A), "renyi", "A").to(torch.float64)
+    A = require_finite(as_tensor(A), "renyi", "A").to(torch.float64)
     if not alpha > 0:
         raise _fail("the order must be positive", "alpha > 0", alpha, "alpha=1.01 is the default")
     if base not in ("e", 2, "2"):
         raise _fail("unknown log base", "'e' (nats) or 2 (bits)", base, "pass base='e' or base=2")
     path = resolve_method(A.shape[0], alpha, method, A.requires_grad and torch.is_grad_enabled())
+    h = _lanczos_entropy(A, alpha, seed) if path == "lanczos" else None
     if path == "frobenius":
         h = -torch.log(_frobenius2(A))
-    else:
-        if path == "lanczos":
-            s = _lanczos_trace(A, alpha, seed)
-        else:
-            lam = torch.linalg.eigvalsh(A)
-            keep = lam > EIGENVALUE_RTOL * lam[-1].detach()
-            s = torch.where(keep, _f(alpha, torch.where(keep, lam, 1.0)), 0.0).sum()
-        h = s if abs(alpha - 1) < VON_NEUMANN_TOL else torch.log(s) / (1 - alpha)
+    elif h is None:  # exact, or the Lanczos quadrature did not settle: exact as the fallback
+        lam = torch.linalg.eigvalsh(A)
+        keep = lam > EIGENVALUE_RTOL * lam[-1].detach()
+        h = _entropy_of_trace(
+            alpha, torch.where(keep, _f(alpha, torch.where(keep, lam, 1.0)), 0.0).sum()
+        )
     return h if base == "e" else h / math.log(2.0)
 
 
 def joint_entropy(A: Any, B: Any, alpha: float = 1.01, **options: Any) -> torch.Tensor:
     """``H_α(A, B) = H_α(A∘B / tr(A∘B))`` (METHODS.md §1); ``options`` as for :func:`entropy`."""
-    C = _tensor(A).to(torch.float64) * _tensor(B).to(torch.float64)
+    C = as_tensor(A).to(torch.float64) * as_tensor(B).to(torch.float64)
     return entropy(C / torch.trace(C), alpha, **options)
 
 
@@ -287,7 +355,7 @@ def silverman_sigma(
     per-feature rule makes ``K`` the identity. A number fixes γ (Yu et al. use 0.8 on
     standardized data). Constant data give σ = 1. A plain float: no gradient flows through σ.
     """
-    x = as_samples(_tensor(x), torch.float64).detach()
+    x = as_samples(as_tensor(x), torch.float64).detach()
     n, d = x.shape
     if gamma is None:  # the spread of x / max|x|, scaled back: no underflow for tiny data
         scale = float(x.abs().max()) if x.numel() else 0.0
@@ -299,14 +367,15 @@ def silverman_sigma(
     )
 
 
-def _is_labels(v: torch.Tensor) -> bool:
+def is_labels(v: torch.Tensor) -> bool:
+    """Whether ``v`` holds labels (integer or boolean values), not samples (float values)."""
     return not (v.is_floating_point() or v.is_complex())
 
 
-def _matrix(v: Any, sigma: float | None, convention: Convention = "2sigma2") -> torch.Tensor:
+def as_matrix(v: Any, sigma: float | None, convention: Convention = "2sigma2") -> torch.Tensor:
     """``A`` of labels (one-hot Gram) or of samples (Silverman's σ when ``sigma`` is None)."""
-    v = _tensor(v)
-    if _is_labels(v):
+    v = as_tensor(v)
+    if is_labels(v):
         return normalize(label_gram(v))
     return normalize(
         gram(v, silverman_sigma(v, None, convention) if sigma is None else sigma, convention)
@@ -342,8 +411,10 @@ def mutual_information(
     Raises:
         NonFiniteError: ``x`` or ``y`` holds NaN or Inf.
     """
-    x, y = require_finite(_tensor(x), "renyi", "x"), require_finite(_tensor(y), "renyi", "y")
-    return _mi(_matrix(x, sigma_x, convention), _matrix(y, sigma_y, convention), alpha, **options)
+    x, y = require_finite(as_tensor(x), "renyi", "x"), require_finite(as_tensor(y), "renyi", "y")
+    return _mi(
+        as_matrix(x, sigma_x, convention), as_matrix(y, sigma_y, convention), alpha, **options
+    )
 
 
 def information_plane(
@@ -357,13 +428,14 @@ def information_plane(
     Raises:
         NonFiniteError: ``x``, ``t`` or ``labels`` holds NaN or Inf.
     """
-    x, t = require_finite(_tensor(x), "renyi", "x"), require_finite(_tensor(t), "renyi", "t")
-    labels = require_finite(_tensor(labels), "renyi", "labels")
-    A_x, A_t, A_y = (_matrix(v, None) for v in (x, t, labels))
+    x, t = require_finite(as_tensor(x), "renyi", "x"), require_finite(as_tensor(t), "renyi", "t")
+    labels = require_finite(as_tensor(labels), "renyi", "labels")
+    A_x, A_t, A_y = (as_matrix(v, None) for v in (x, t, labels))
     return _mi(A_x, A_t, alpha, **options), _mi(A_t, A_y, alpha, **options)
 
 
-_DECAY = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
+#: the validators of a moving-average decay: ``0 ≤ decay < 1``.
+DECAY = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
 
 
 @attrs.define(kw_only=True)
@@ -375,7 +447,7 @@ class SigmaAverage:
         value: the current average (``None`` before the first update).
     """
 
-    decay: float = attrs.field(default=0.9, validator=_DECAY)
+    decay: float = attrs.field(default=0.9, validator=DECAY)
     value: float | None = None
 
     def update(self, sigma: float) -> float:
@@ -429,7 +501,7 @@ def select_sigma(
     candidate is returned. Returns σ in ``convention``; σ = 1 for constant data.
     """
     with torch.no_grad():
-        D = pairwise_sq_distances(as_samples(_tensor(x), torch.float64))
+        D = pairwise_sq_distances(as_samples(as_tensor(x), torch.float64))
         d = D[tuple(torch.triu_indices(len(D), len(D), 1))].sqrt()
         d = d[d > 0][:: d.numel() // 2**24 + 1]  # torch.quantile takes up to 2^24 values
         if d.numel() == 0:

@@ -138,6 +138,9 @@ def test_kill_and_resume_stores_every_epoch_once(
     marker = f"killer.marker={tmp_path / 'marker'}"
     option = ["--plugin", "killer", "--option", f"killer.{where}", "--option", marker]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(killer_site), *sys.path])}
+    # the child computes epoch 0, this process the rest and the reference: bitwise equal only
+    # with the same number of threads (reductions split differently), whatever tests ran before
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(torch.get_num_threads())
     child = subprocess.run(
         [sys.executable, "-m", "infoshape", "train", *ARGS, "--store", str(store), *option],
         env=env,

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -20,3 +21,12 @@ def script(request: pytest.FixtureRequest) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The scripts' ``main`` sets ``torch.set_num_threads`` (``--threads``): undo it after each
+    test, or later tests in this process run with another thread count (and other round-off)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

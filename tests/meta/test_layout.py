@@ -24,18 +24,8 @@ PACKAGES = {"core": "infoshape", "plugins": "infoshape.plugins", "datasets": "in
 TOP_LEVEL_MAX = 14
 """At most this many modules at the top of ``core/`` (``__init__``, ``__main__`` not counted)."""
 
-# Private names plugins import today, to be emptied once the public names exist: the
-# renyi/mi_ce branch is giving infoshape.math.matrix_entropy's private helpers public names
-# (another engineer's work in progress when the layout moved the module).
-PRIVATE_IMPORTS_ALLOWED = {
-    ("infoshape.plugins.mi_ce", "infoshape.math.matrix_entropy", "_DECAY"),
-    ("infoshape.plugins.mi_ce", "infoshape.math.matrix_entropy", "_LENGTH"),
-    ("infoshape.plugins.renyi", "infoshape.math.matrix_entropy", "_DECAY"),
-    ("infoshape.plugins.renyi", "infoshape.math.matrix_entropy", "_LENGTH"),
-    ("infoshape.plugins.renyi", "infoshape.math.matrix_entropy", "_is_labels"),
-    ("infoshape.plugins.renyi", "infoshape.math.matrix_entropy", "_matrix"),
-    ("infoshape.plugins.renyi", "infoshape.math.matrix_entropy", "_tensor"),
-}
+# Private names a plugin may import (none: plugins use public names only).
+PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import infoshape
 from infoshape.errors import ConfigError, NonFiniteError
+from infoshape.math import matrix_entropy
 from infoshape.plugins import renyi
 from infoshape.plugins.renyi import (
     Renyi,
@@ -212,6 +213,7 @@ def test_lanczos_is_within_one_percent_of_exact(kind):
         exact = float(entropy(A, alpha, method="exact"))
         for seed in (0, 1):
             fast = float(entropy(A, alpha, method="lanczos", seed=seed))
+            assert fast != exact  # Lanczos ran: no fallback to exact
             assert abs(fast - exact) <= 0.01 * exact, (alpha, seed, fast, exact)
 
 
@@ -222,6 +224,52 @@ def test_resolve_method_names_the_path():
     assert renyi.resolve_method(5000, alpha=2.0) == "frobenius"
     assert renyi.resolve_method(100, method="lanczos") == "exact"  # too small to deflate
     assert renyi.resolve_method(1000, method="lanczos") == "lanczos"
+
+
+def _tight_clusters(n: int) -> torch.Tensor:
+    """10 tight clusters in 64-D: at σ = 0.84, ``exp(−d²/(2σ²))/N`` of pairs across clusters
+    falls among the float32 subnormals (43 % of the entries at N = 400; issue 19 item 10)."""
+    g = _gen(12)
+    centres = torch.randn(10, 64, generator=g, dtype=torch.float64)
+    return centres[torch.arange(n) % 10] + 0.1 * torch.randn(
+        n, 64, generator=g, dtype=torch.float64
+    )
+
+
+def test_lanczos_products_see_no_subnormal_entries(monkeypatch):
+    A = _a(_tight_clusters(400), 0.84)
+    tiny = torch.finfo(torch.float32).tiny
+    assert bool(((A != 0) & (A.abs() < tiny)).any())  # the data has them
+    seen = []
+    quadrature = matrix_entropy._quadrature
+
+    def spy(A32, *args):
+        seen.append(int(((A32 != 0) & (A32.abs() < tiny)).sum()))
+        return quadrature(A32, *args)
+
+    monkeypatch.setattr(matrix_entropy, "_quadrature", spy)
+    fast = float(entropy(A, method="lanczos"))
+    assert seen == [0]  # zeroed: products with subnormals can be 15× slower
+    assert fast == pytest.approx(float(entropy(A, method="exact")), rel=0.01)
+
+
+def test_auto_takes_exact_where_the_cost_model_finds_lanczos_slower(monkeypatch):
+    assert renyi.resolve_method(3000) == "lanczos"
+    with monkeypatch.context() as m:
+        m.setattr(matrix_entropy, "LANCZOS_PROBES", 1000)  # a plan costlier than eigvalsh
+        assert renyi.resolve_method(5000) == "exact"
+        assert renyi.resolve_method(5000, method="lanczos") == "lanczos"  # as asked
+        assert matrix_entropy.lanczos_cost_ratio(5000) > 1
+    ratios = [matrix_entropy.lanczos_cost_ratio(n) for n in (1000, 2001, 3000, 10_000)]
+    assert ratios == sorted(ratios, reverse=True) and ratios[0] > 1 > ratios[1]
+
+
+def test_lanczos_falls_back_to_exact_when_the_quadrature_does_not_settle(monkeypatch):
+    A = _a(torch.randn(400, 8, generator=_gen(13), dtype=torch.float64), 1.0)
+    exact = float(entropy(A, method="exact"))
+    assert float(entropy(A, method="lanczos")) != exact
+    monkeypatch.setattr(matrix_entropy, "LANCZOS_STEPS", 5)  # one check: nothing to compare
+    assert float(entropy(A, method="lanczos")) == exact
 
 
 def test_auto_runs_exact_below_the_threshold_and_with_a_gradient():
