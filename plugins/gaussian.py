@@ -46,6 +46,7 @@ from infoshape.math.linalg import (
 from infoshape.registry import Estimator
 
 __all__ = [
+    "RIDGE",
     "Gaussian",
     "entropy",
     "information_plane",

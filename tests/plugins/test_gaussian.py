@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import infoshape
 from infoshape.errors import ConfigError, EstimatorAssumptionWarning, NonFiniteError
 from infoshape.plugins.gaussian import (
+    RIDGE,
     entropy,
     information_plane,
     mutual_information,
@@ -81,11 +82,17 @@ def test_invariant_to_sample_order_and_unit_permutation(pair, rnd):
     rows = torch.tensor(rnd.sample(range(t.shape[0]), t.shape[0]))
     cols = torch.tensor(rnd.sample(range(t.shape[1]), t.shape[1]))
     moved = t[rows][:, cols]
-    assert entropy(moved).item() == pytest.approx(entropy(t).item(), rel=1e-9, abs=1e-9)
-    i_ty = mutual_information_labels(t, y).item()
-    assert mutual_information_labels(moved, y[rows]).item() == pytest.approx(
-        i_ty, rel=1e-9, abs=1e-9
-    )
+    # A singular covariance (no more samples than units) is regularized by the ridge alone:
+    # reordering changes its rounding by ~u·ε·tr(Σ), which log det amplifies by 1/ridge.
+    u, trace = t.shape[1], float(t.var(0, correction=0).sum())
+    tol = max(1e-9, 16 * u * torch.finfo(torch.float64).eps * (1 + trace / RIDGE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EstimatorAssumptionWarning)  # singular: warned
+        assert entropy(moved).item() == pytest.approx(entropy(t).item(), rel=1e-9, abs=tol)
+        i_ty = mutual_information_labels(t, y).item()
+        assert mutual_information_labels(moved, y[rows]).item() == pytest.approx(
+            i_ty, rel=1e-9, abs=2 * tol
+        )
     assert i_ty >= -1e-9  # concavity of log det: the class-conditional form is >= 0
 
 
