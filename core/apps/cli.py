@@ -219,7 +219,30 @@ def _add_train(commands: Any) -> None:
     )
     add("--csv", metavar="PATH", help="enable the csv plugin, writing metrics to PATH")
     add("--tensorboard", metavar="DIR", help="enable the tensorboard plugin, logging to DIR")
-    add("--device", help="torch device: cpu (default), cuda, cuda:1")
+    add(
+        "--device",
+        help="torch device: auto (default: cuda when there is one, else cpu), cpu, cuda:1",
+    )
+    add(
+        "--amp",
+        choices=["off", "bf16", "fp16"],
+        help="mixed precision: bf16 or fp16 autocast (fp16 with a gradient scaler); default off",
+    )
+    add(
+        "--compile",
+        nargs="?",
+        const=True,
+        metavar="BACKEND",
+        help="train through torch.compile(model), with BACKEND if given (default inductor); "
+        "capture hooks are traced into the graph",
+    )
+    add(
+        "--log-every",
+        type=int,
+        metavar="N",
+        help="read step metrics back from the device every N steps (default 50): the step "
+        "itself never waits for the device",
+    )
     add(
         "--no-progress",
         action="store_const",
@@ -316,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ train
 _FLAG_KEYS = (
     "model", "dataset", "data_root", "epochs", "batch_size", "lr", "optimizer", "seed",
-    "store", "overwrite", "probe", "probe_size", "taps", "plugins", "device", "progress",
+    "store", "overwrite", "probe", "probe_size", "taps", "plugins", "device", "amp", "compile",
+    "log_every", "progress",
 )  # fmt: skip
 
 

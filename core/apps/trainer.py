@@ -59,7 +59,16 @@ __all__ = [
     "train",
 ]
 
-RESUMABLE_SETTINGS = ("epochs", "progress", "device", "data_root", "overwrite", "store")
+RESUMABLE_SETTINGS = (
+    "epochs",
+    "progress",
+    "device",
+    "data_root",
+    "overwrite",
+    "store",
+    "compile",
+    "log_every",
+)
 """Settings a resumed run may change; the others must equal the run's own."""
 
 
@@ -142,6 +151,8 @@ def _options(value: Any) -> bool:
 
 
 def _device(value: Any) -> bool:
+    if value == "auto":
+        return True
     try:
         torch.device(value)
     except (RuntimeError, TypeError):
@@ -176,7 +187,16 @@ class TrainConfig:
         probe_size: at most this many probe samples.
         taps: module names (globs) whose outputs are stored for the probe set; ``None``
             means the model's ``default_taps``.
-        device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``), or ``"auto"``: CUDA
+            when this machine has it, else the CPU.
+        amp: mixed precision of the training step: ``"off"``, ``"bf16"`` (bfloat16
+            autocast) or ``"fp16"`` (float16 autocast with a ``torch.amp.GradScaler``);
+            penalties and estimators compute in float32 inside it.
+        compile: train through ``torch.compile(model)`` (the capture hooks are traced into
+            the graph; evaluation and the probe pass run the model uncompiled): ``True``
+            (inductor) or a backend name (``"aot_eager"``); ``False``: eager.
+        log_every: steps between reads of the step metrics back to the host
+            (``Session(log_every=...)``): the training step itself never waits for the device.
         progress: show a progress bar (only on a terminal).
     """
 
@@ -232,8 +252,23 @@ class TrainConfig:
         ),
     )
     device: str = attrs.field(
-        default="cpu", validator=_setting("a torch device name", _device, "'cuda'")
+        default="auto", validator=_setting("'auto' or a torch device name", _device, "'cuda'")
     )
+    amp: str = attrs.field(
+        default="off",
+        validator=_setting(
+            "'off', 'bf16' or 'fp16'", lambda v: v in ("off", "bf16", "fp16"), "'bf16'"
+        ),
+    )
+    compile: bool | str = attrs.field(
+        default=False,
+        validator=_setting(
+            "true, false or a torch.compile backend name",
+            lambda v: isinstance(v, (bool, str)) and v != "",
+            "true",
+        ),
+    )
+    log_every: int = attrs.field(default=50, validator=_int_at_least(1, "50"))
     progress: bool = attrs.field(default=True, validator=_boolean())
 
     @classmethod
@@ -367,7 +402,12 @@ def _probe_set(test_set: Dataset, size: int, seed: int) -> Probe:
 
 
 def _torch_device(name: str) -> torch.device:
-    """``name`` as a device of this machine; else a ConfigError naming the devices it has."""
+    """``name`` as a device of this machine; else a ConfigError naming the devices it has.
+
+    ``"auto"`` is CUDA when this machine has it, else the CPU.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     mps = torch.backends.mps.is_available()
@@ -420,6 +460,30 @@ def _progress_bar(config: TrainConfig, steps: int, epoch: int) -> Any:
     )
 
 
+@attrs.define
+class _Step:
+    """How a training step runs: the (compiled) forward, autocast and the gradient scaler."""
+
+    forward: Any
+    autocast: Any
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def of(cls, config: TrainConfig, s: Session, device: torch.device) -> _Step:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+        return cls(
+            forward=_compiled(s.model, config.compile),
+            autocast=torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
+            scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
+        )
+
+
+def _compiled(model: nn.Module, backend: bool | str) -> Any:
+    if backend is False:
+        return model
+    return torch.compile(model) if backend is True else torch.compile(model, backend=backend)
+
+
 def _train_epoch(
     s: Session,
     loader: DataLoader,
@@ -427,15 +491,23 @@ def _train_epoch(
     device: torch.device,
     bar: Any,
     latest: _LatestStepMetrics,
+    step: _Step,
 ) -> None:
-    """One pass over ``loader``: loss (objective + penalties), backward, step, ``step_end``."""
+    """One pass over ``loader``: loss (objective + penalties), backward, step, ``step_end``.
+
+    Nothing in it reads a value back from the device: batches are copied with
+    ``non_blocking=True`` (from pinned memory on CUDA), and the progress bar shows the step
+    metrics of the last flush (every ``log_every`` steps).
+    """
     s.model.train()
     for x, y, index in loader:
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = s.loss(s.model(x), y, index=index)
-        loss.backward()
-        optimizer.step()
+        with step.autocast:
+            loss = s.loss(step.forward(x), y, index=index)
+        step.scaler.scale(loss).backward()
+        step.scaler.step(optimizer)
+        step.scaler.update()
         s.step_end()
         bar.set_postfix(latest.postfix(), refresh=False)
         bar.update(1)
@@ -611,6 +683,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """
     start = time.perf_counter()
     device = _torch_device(config.device)
+    config = attrs.evolve(config, device=str(device))  # the manifest records the one used
     seed_everything(config.seed)
     spec, train_set, test_set = _load_splits(config)
     model = build_model(config.model, spec.input_shape, spec.n_classes, **config.model_options)
@@ -624,6 +697,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         batch_size=config.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=device.type == "cuda",
     )
     latest = _LatestStepMetrics()
     history: list[dict[str, Any]] = []
@@ -638,12 +712,14 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         overwrite=config.overwrite,
         run_config=config.as_dict(),
         sinks=[latest],
+        log_every=config.log_every,
         resume=checkpoint["session"] if checkpoint is not None else None,
     )
     kept = 0  # complete epochs in the store and the checkpoint
     try:
         with session as s:
             optimizer = _optimizer(config, s.model.parameters())  # after plugins wrapped it
+            step = _Step.of(config, s, device)  # compiled after the capture hooks are on
             if checkpoint is not None:
                 s.model.load_state_dict(checkpoint["model"])
                 optimizer.load_state_dict(checkpoint["optimizer"])
@@ -652,7 +728,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 kept = s.epoch
             for epoch in range(s.epoch, config.epochs):
                 with _progress_bar(config, len(loader), epoch) as bar:
-                    _train_epoch(s, loader, optimizer, device, bar, latest)
+                    _train_epoch(s, loader, optimizer, device, bar, latest, step)
                     metrics = _evaluate_splits(s.model, train_set, test_set, device)
                     bar.set_postfix(
                         {**latest.postfix(), "test.accuracy": f"{metrics['test.accuracy']:.3f}"}

@@ -423,3 +423,21 @@ def test_report_never_overwrites_a_file_it_did_not_write(pipeline, tmp_path, cap
     assert notes.read_text() == "mine too"
     for _ in range(2):  # its own files it replaces
         assert main(["report", store, "--out", str(tmp_path / "ours")]) == 0
+
+
+def test_train_flags_for_device_precision_compile_and_log_every(tmp_path, monkeypatch, capsys):
+    import infoshape
+    from infoshape.apps.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--epochs", "1", "--no-probe", "--store", "r.zarr", "--no-progress"]
+    argv += ["--model-option", "hidden=[16]", "--device", "auto", "--amp", "bf16"]
+    argv += ["--compile", "aot_eager", "--log-every", "5"]
+    assert main(argv) == 0
+    config = infoshape.open_store(tmp_path / "r.zarr").attrs["config"]
+    assert (config["device"], config["amp"], config["compile"], config["log_every"]) == (
+        "cpu",
+        "bf16",
+        "aot_eager",
+        5,
+    )

@@ -97,6 +97,9 @@ def test_default_store_path():
         ({"options": {"csv": 1}}, "'options' is invalid"),
         ({"device": "gpu0"}, "a torch device name"),
         ({"epoch": 3}, "did you mean 'epochs'"),
+        ({"amp": "fp8"}, "'off', 'bf16' or 'fp16'"),
+        ({"log_every": 0}, "'log_every' is invalid"),
+        ({"compile": ""}, "a torch.compile backend name"),
     ],
 )
 def test_invalid_settings_name_the_field(settings, match):
@@ -120,3 +123,40 @@ def test_unknown_model_and_plugin_fail_before_training(tmp_path):
         train(TrainConfig(model="nope", store=None))
     with pytest.raises(infoshape.PluginLoadError, match="'nope': is not installed"):
         train(TrainConfig(plugins=("nope",), store=tmp_path / "x.zarr"))
+
+
+def _quick(tmp_path, **settings):
+    return train(
+        TrainConfig(
+            epochs=1,
+            store=tmp_path / f"{len(list(tmp_path.iterdir()))}.zarr",
+            probe=False,
+            progress=False,
+            model_options={"hidden": [32]},
+            **settings,
+        )
+    )
+
+
+def test_device_auto_runs_on_this_machine_and_records_the_device(tmp_path):
+    result = _quick(tmp_path)
+    assert TrainConfig().device == "auto"
+    assert infoshape.open_store(result.store).attrs["config"]["device"] == "cpu"  # no CUDA here
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_close_to_float32_with_finite_losses(tmp_path, amp):
+    exact = _quick(tmp_path, plugins=("cr",))
+    mixed = _quick(tmp_path, plugins=("cr",), amp=amp)
+    losses = infoshape.open_store(mixed.store)["metrics"]["loss"].values
+    assert np.isfinite(losses).all()
+    # one epoch of 1437 digits in half precision: the end point moves a little
+    assert mixed.test_loss == pytest.approx(exact.test_loss, rel=0.05)
+
+
+def test_compiled_training_matches_eager_and_log_every_keeps_every_step(tmp_path):
+    eager = _quick(tmp_path, plugins=("cr",))
+    compiled = _quick(tmp_path, plugins=("cr",), compile="aot_eager", log_every=7)
+    loss = [infoshape.open_store(r.store)["metrics"]["loss"].values for r in (eager, compiled)]
+    assert len(loss[1]) == len(loss[0]) == 23  # ceil(1437 / 64) steps, each its own row
+    np.testing.assert_allclose(loss[1], loss[0], rtol=1e-4)
