@@ -257,15 +257,16 @@ def information_plane_figure(analysis: xr.Dataset, labels: np.ndarray | None = N
             )
         )  # fmt: skip
     handles += _mark_flags(ax, analysis, xt, ty)
-    lines = [(h_y, "H(Y)", ax.axhline)] if h_y is not None else []
+    # the two ceilings, told apart by colour and dash: I(X;T) <= log N, I(T;Y) <= H(Y)
+    lines = [(h_y, "H(Y)", "I(T;Y)", ax.axhline, "#1f77b4", "-.")] if h_y is not None else []
     if labels is not None and labels.size:
         scale = np.log(2) if unit == "bits" else 1.0
-        lines.insert(0, (np.log(labels.size) / scale, "log N", ax.axvline))
-    for value, text, line in lines:
-        line(value, color="0.55", linestyle=(0, (1, 2)), linewidth=1.2, zorder=1)
-        handles.append(
-            Line2D([], [], color="0.55", linestyle=(0, (1, 2)), label=f"{text} = {value:.2f}")
-        )
+        value = np.log(labels.size) / scale
+        lines.insert(0, (value, "log N", "I(X;T)", ax.axvline, "#d62728", "--"))
+    for value, text, bounded, line, color, dash in lines:
+        line(value, color=color, ls=dash, lw=1.2, zorder=1, alpha=0.8, gid=f"ceiling:{text}")
+        label = f"{text} = {value:.2f} (ceiling of {bounded})"
+        handles.append(Line2D([], [], color=color, linestyle=dash, label=label))
     bar = figure.colorbar(points, ax=ax, label="epoch")
     if epochs.size <= 12:
         bar.set_ticks(epochs)
@@ -315,8 +316,23 @@ def _scalar_series(metrics: xr.Dataset, dim: str) -> dict[str, xr.DataArray]:
     }
 
 
+def _is_flag(var: Any) -> bool:
+    """Whether a metric is a yes/no flag: booleans, or floats that are only ever 0 or 1."""
+    values = np.asarray(var.values)
+    if values.dtype.kind == "b":
+        return True
+    finite = values[np.isfinite(values.astype(float))] if values.dtype.kind in "fiu" else values
+    return bool(finite.size) and bool(np.isin(finite, (0, 1)).all()) and values.dtype.kind == "f"
+
+
 def _panels(step: dict[str, Any], epoch: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
-    """Group metric names into panels: (title, dim, names); empty panels left out."""
+    """Group metric names into panels: (title, dim, names); empty panels left out.
+
+    Losses, penalties and accuracies have their own panels; yes/no flags (``mi_ce.dpi``)
+    one of their own (never beside real values on a log axis); the other epoch metrics
+    one panel per plugin (the name's first part: ``characteristics.fc1.sparsity`` goes to
+    ``characteristics``), so quantities of different units do not share an axis.
+    """
 
     def pick(names: list[str], test: Callable[[str], bool]) -> list[str]:
         chosen = [n for n in names if test(n)]
@@ -328,13 +344,32 @@ def _panels(step: dict[str, Any], epoch: dict[str, Any]) -> list[tuple[str, str,
     panels = [
         ("training loss per step", "step", pick(s, lambda n: n.startswith("loss"))),
         ("penalties per step", "step", pick(s, lambda n: n.startswith("penalty."))),
+        ("flags per step", "step", pick(s, lambda n: _is_flag(step[n]))),
         ("other step metrics", "step", s),
         ("accuracy per epoch", "epoch", pick(e, lambda n: "accuracy" in n)),
         ("loss per epoch", "epoch", pick(e, lambda n: "loss" in n)),
         ("penalties per epoch", "epoch", pick(e, lambda n: n.startswith("penalty."))),
-        ("other epoch metrics", "epoch", e),
+        ("flags per epoch", "epoch", pick(e, lambda n: _is_flag(epoch[n]))),
     ]
+    for plugin in dict.fromkeys(n.split(".")[0] for n in e if "." in n):
+        panels.append(
+            (f"{plugin} per epoch", "epoch", pick(e, lambda n, p=plugin: n.startswith(p + ".")))
+        )
+    panels.append(("other epoch metrics", "epoch", e))
     return [p for p in panels if p[2]]
+
+
+_YLABELS = {
+    "training loss": "loss (nats)",
+    "penalties": "penalty (unweighted)",
+    "accuracy": "accuracy",
+    "loss per epoch": "cross-entropy (nats)",
+    "flags": "flag (0 no, 1 yes)",
+}
+
+
+def _ylabel(title: str) -> str:
+    return next((label for key, label in _YLABELS.items() if title.startswith(key)), "value")
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -343,12 +378,33 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")
 
 
+def _draw(ax: Any, x: np.ndarray, y: np.ndarray, dim: str, k: int, name: str) -> str:
+    """One series on ``ax``; returns a note for the title (or "").
+
+    Missing values (a metric logged every 30 steps is NaN in between) are dropped, so the
+    points that exist are joined; a series with few points gets markers.
+    """
+    style = _LINESTYLES[k % len(_LINESTYLES)]  # coinciding curves stay visible
+    keep = np.isfinite(y)
+    sparse = keep.sum() < 0.5 * y.size
+    x, y = x[keep], y[keep]
+    if dim == "step" and y.size > 100:
+        window = max(5, y.size // 25)
+        (line,) = ax.plot(x, y, linewidth=0.6, alpha=0.3)
+        ax.plot(x, _smooth(y, window), color=line.get_color(), ls=style, label=name)
+        return f"\n(thin: each step; thick: mean of {window} steps)"
+    marker = _MARKERS[k % len(_MARKERS)] if dim == "epoch" or sparse else None
+    ax.plot(x, y, ls=style, marker=marker, markersize=4, label=name)
+    return ""
+
+
 def plot_metrics(metrics: xr.Dataset, path: str | Path) -> Path | None:
     """Draw the scalar metrics over ``step`` and ``epoch`` to a PNG at ``path``.
 
-    Losses, penalties (log scale when all positive and spread over more than a decade),
-    other step metrics, accuracies, epoch losses and other epoch scalars each get their
-    own axes. Returns ``None`` (writing nothing) when there is no scalar metric.
+    Panels (:func:`_panels`): losses, penalties (log scale when all positive and spread
+    over more than a decade), flags (0/1, linear), accuracies, epoch losses, and the other
+    metrics one panel per plugin; every axis is labelled. Returns ``None`` (writing
+    nothing) when there is no scalar metric.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -365,31 +421,30 @@ def plot_metrics(metrics: xr.Dataset, path: str | Path) -> Path | None:
     }
     for i, (title, dim, names) in enumerate(panels):
         ax = figure.add_subplot(rows, columns, i + 1)
-        positive, title_note = True, ""
+        title_note = ""
+        values = []
         for k, name in enumerate(names):
-            style = _LINESTYLES[k % len(_LINESTYLES)]  # coinciding curves stay visible
             var = series[(dim, name)]
             x, y = np.asarray(var[dim].values), np.asarray(var.values, dtype=float)
-            positive &= bool(np.all(y[np.isfinite(y)] > 0))
-            if dim == "step" and y.size > 100:
-                window = max(5, y.size // 25)
-                (line,) = ax.plot(x, y, linewidth=0.6, alpha=0.3)
-                ax.plot(x, _smooth(y, window), color=line.get_color(), ls=style, label=name)
-                title_note = f"\n(thin: each step; thick: mean of {window} steps)"
-            else:
-                marker = _MARKERS[k % len(_MARKERS)] if dim == "epoch" else None
-                ax.plot(x, y, ls=style, marker=marker, markersize=4, label=name)
-        finite = np.concatenate([np.asarray(series[(dim, n)].values, float) for n in names])
+            title_note = _draw(ax, x, y, dim, k, name) or title_note
+            values.append(y)
+        finite = np.concatenate(values)
         finite = finite[np.isfinite(finite)]
+        flags = title.startswith("flags")
         if (
-            positive
+            not flags
             and finite.size
+            and bool((finite > 0).all())
             and finite.max() > 10 * finite.min()
             and "accuracy" not in title
         ):
             ax.set_yscale("log")
+        if flags:
+            ax.set_yticks([0, 1], ["no", "yes"])
+            ax.set_ylim(-0.1, 1.1)
         ax.set_title(title + title_note, fontsize="medium")
         ax.set_xlabel(dim)
+        ax.set_ylabel(_ylabel(title))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="best")

@@ -107,7 +107,7 @@ def test_metric_panels_group_losses_penalties_and_epoch_scalars(run):
     assert panels["training loss per step"] == ["loss", "loss.objective"]
     assert panels["penalties per step"] == ["penalty.outputs_l2"]
     assert panels["accuracy per epoch"] == ["test.accuracy"]
-    assert panels["other epoch metrics"] == ["custom.score"]
+    assert panels["custom per epoch"] == ["custom.score"]  # one panel per plugin
 
 
 def test_store_without_analysis_draws_the_metrics_only(tmp_path):
@@ -172,7 +172,7 @@ def test_flagged_points_are_marked_and_named_and_a_ceiling_is_said():
     assert sorted(marks["flag:exceeds_h_y"]) == [[2.0, 1.5], [2.5, 1.5], [3.5, 1.5]]
     legend, notes = _texts(figure)
     assert "ridge_dominated (1 of 4)" in legend and "exceeds_h_y (3 of 4)" in legend
-    assert "H(Y) = 1.50" in legend  # from the H_Y attr, no labels given
+    assert "H(Y) = 1.50 (ceiling of I(T;Y))" in legend  # from the H_Y attr, no labels given
     assert "ridge_dominated: a covariance is (near) singular" in notes
     assert "exceeds_h_y: the raw estimate" in notes
     assert "every point sits at the ceiling I(T;Y) = H(Y) = 1.5" in notes
@@ -195,3 +195,70 @@ def test_report_marks_the_flags_that_analyze_wrote(run, tmp_path):
     legend, notes = _texts(information_plane_figure(analysis))
     assert any(t.startswith("ridge_dominated (") for t in legend) and "ridge_dominated:" in notes
     assert tmp_path / "run.report" / "information_plane_gaussian.png" in report(store)
+
+
+def _metrics_dataset() -> xr.Dataset:
+    steps, epochs = np.arange(90), np.arange(4)
+    sparse = np.full(90, np.nan)
+    sparse[::30] = [3.0, 2.0, 1.0]  # a penalty applied every 30 steps
+    return xr.Dataset(
+        {
+            "loss": ("step", np.linspace(2.0, 1.0, 90)),
+            "penalty.irnn.l1": ("step", sparse),
+            "mi_ce.dpi": ("epoch", [1.0, 1.0, 0.0, 1.0]),
+            "mi_ce.I_YX": ("epoch", [0.5, 0.9, 1.5, 2.0]),
+            "characteristics.fc1.sparsity": ("epoch", [0.1, 0.2, 0.3, 0.4]),
+            "characteristics.fc1.covariance": ("epoch", [30.0, 20.0, 10.0, 5.0]),
+            "test.accuracy": ("epoch", [0.5, 0.6, 0.7, 0.8]),
+        },
+        coords={"step": steps, "epoch": epochs},
+    )
+
+
+def test_metric_plots_show_sparse_metrics_flags_apart_and_one_panel_per_plugin(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from infoshape.apps import report as report_module
+
+    captured = {}
+    real_save = report_module._save
+    try:
+        report_module._save = lambda figure, path: captured.setdefault("figure", figure) and path
+        report_module.plot_metrics(_metrics_dataset(), tmp_path / "m.png")
+    finally:
+        report_module._save = real_save
+    axes = {ax.get_title().split("\n")[0]: ax for ax in captured["figure"].axes}
+    assert set(axes) == {
+        "training loss per step",
+        "penalties per step",
+        "flags per epoch",
+        "accuracy per epoch",
+        "mi_ce per epoch",
+        "characteristics per epoch",
+    }
+    (l1,) = axes["penalties per step"].get_lines()
+    assert l1.get_xdata().tolist() == [0, 30, 60] and l1.get_marker() not in (None, "None", "")
+    flags = axes["flags per epoch"]
+    assert flags.get_yscale() == "linear" and [t.get_text() for t in flags.get_yticklabels()] == [
+        "no",
+        "yes",
+    ]
+    assert axes["mi_ce per epoch"].get_lines()[0].get_label() == "mi_ce.I_YX"  # flag not here
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in axes.values())
+    plt.close(captured["figure"])
+
+
+def test_the_two_ceilings_are_told_apart():
+    analysis = _plane([["", ""], ["", ""]], [[1.0, 1.2], [1.1, 1.3]])
+    figure = information_plane_figure(analysis, labels=np.arange(40) % 4)
+    ax = figure.axes[0]
+    ceilings = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
+    assert set(ceilings) == {"ceiling:log N", "ceiling:H(Y)"}
+    styles = {(line.get_color(), line.get_linestyle()) for line in ceilings.values()}
+    assert len({c for c, _ in styles}) == 2 and len({d for _, d in styles}) == 2
+    legend, _ = _texts(figure)
+    assert "log N = 3.69 (ceiling of I(X;T))" in legend
+    assert any(t.startswith("H(Y) = ") and t.endswith("(ceiling of I(T;Y))") for t in legend)
