@@ -191,3 +191,29 @@ def test_defaults_keep_accuracy_and_move_the_target(plugin, run, baseline):
 
 def _kl(metrics: dict[str, Any]) -> float:
     return sum(float(v) for k, v in metrics.items() if k.startswith("information_dropout.kl."))
+
+
+# ------------------------------------------------------------------ every plugin, every zoo model
+def _first_party() -> list[str]:
+    return sorted(
+        name for name, ep in installed_plugins().items() if ep.value.startswith("infoshape.plugins")
+    )
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("plugin", _first_party())
+def test_every_first_party_plugin_trains_with_its_defaults_on_the_zoo_models(
+    plugin, model, tmp_path, monkeypatch
+):
+    """``infoshape train --plugin NAME --model MODEL`` with no option (issue 17, item 3).
+
+    One epoch on the digits with a probe pass (estimators and diagnostics emit their epoch
+    metrics there); the run must end with finite losses.
+    """
+    monkeypatch.chdir(tmp_path)  # sinks write their files (metrics.csv, tensorboard) here
+    torch.set_num_threads(1)
+    config = TrainConfig(
+        model=model, epochs=1, plugins=(plugin,), store=None, probe_size=100, progress=False
+    )
+    result = train(config)
+    assert torch.isfinite(torch.tensor([result.train_loss, result.test_loss])).all()
