@@ -143,7 +143,7 @@ def run() -> Callable[..., tuple[Any, Trained]]:
             progress=False,
         )
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(infoshape.trainer, "build_model", keep)
+            patch.setattr(infoshape.apps.trainer, "build_model", keep)
             result = train(config)
         return result, Trained(built[-1], x, y)
 
@@ -212,8 +212,16 @@ def test_every_first_party_plugin_trains_with_its_defaults_on_the_zoo_models(
     """
     monkeypatch.chdir(tmp_path)  # sinks write their files (metrics.csv, tensorboard) here
     torch.set_num_threads(1)
+    # shade_binary's one required option is the experiment itself: which ReLUs to binarize
+    options = {"shade_binary": {"layers": ["relu*"]}} if plugin == "shade_binary" else {}
     config = TrainConfig(
-        model=model, epochs=1, plugins=(plugin,), store=None, probe_size=100, progress=False
+        model=model,
+        epochs=1,
+        plugins=(plugin,),
+        options=options,
+        store=None,
+        probe_size=100,
+        progress=False,
     )
     result = train(config)
     assert torch.isfinite(torch.tensor([result.train_loss, result.test_loss])).all()
