@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from infoshape.apps.models import build_model
 from infoshape.capture import Tap
-from infoshape.checkpoint import (
+from infoshape.store.checkpoint import (
     checkpoint_path,
     load_checkpoint,
     rng_state,
@@ -591,7 +591,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     With a store, a checkpoint (model, optimizer, random generators, session and plugin
     state) is written beside it at each epoch end, after the store is flushed
-    (:mod:`infoshape.checkpoint`). With ``resume``, training continues from the last
+    (:mod:`infoshape.store.checkpoint`). With ``resume``, training continues from the last
     complete epoch of the run in ``config.store``: the store is reopened and appended,
     rows of a partial epoch dropped, so every epoch and step is stored exactly once,
     and the resumed epochs draw the same batches as an uninterrupted run.
