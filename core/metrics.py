@@ -1,4 +1,4 @@
-"""Step metrics kept on the device and sent to the sinks in blocks: no host sync per step.
+"""Metric rows on their way out: held on the device, checked, reduced, written (:class:`Emitter`).
 
 On a GPU, reading a value back (``float(loss)``, ``.item()``) makes the host wait until
 the device has finished every queued kernel. A session therefore never reads a step's

@@ -76,6 +76,10 @@ def _to_names(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _list_to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _names(value: Any) -> bool:
     return isinstance(value, tuple) and all(_is_str(v) for v in value)
 
@@ -160,7 +164,7 @@ class TrainConfig:
     seed: int = attrs.field(default=0, validator=_int_at_least(0, "0"))
     plugins: tuple[str, ...] = attrs.field(
         default=(),
-        converter=lambda v: tuple(v) if isinstance(v, list) else v,  # "shade" is refused
+        converter=_list_to_tuple,  # a string ("shade") is refused, not read as letters
         validator=_plugin_names,
     )
     options: dict[str, dict[str, Any]] = attrs.field(

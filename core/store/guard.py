@@ -23,7 +23,6 @@ from infoshape.syntax import by_syntax
 __all__ = ["infoshape_manifest", "prepare_store_path"]
 
 
-
 def infoshape_manifest(path: str | Path) -> dict[str, Any] | None:
     """The run manifest of the infoshape store at ``path``, or None when it is none."""
     try:
