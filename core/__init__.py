@@ -93,6 +93,7 @@ def __getattr__(name: str) -> Any:
 #: uses the new paths (tests/meta/test_layout.py).
 _MOVED = {
     "infoshape.analysis": "infoshape.apps.analysis",
+    "infoshape.checkpoint": "infoshape.store.checkpoint",
     "infoshape.cli": "infoshape.apps.cli",
     "infoshape.lightning": "infoshape.apps.lightning",
     "infoshape.models": "infoshape.apps.models",

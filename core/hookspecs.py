@@ -6,7 +6,9 @@ plugin may implement any subset and may accept any subset of a hook's
 arguments. Hooks are called once per batch or epoch, never per module.
 Every hook returns data; none mutates another plugin's state. A session
 calls the plugins in the order they were enabled (``tryfirst=True`` and
-``trylast=True`` on a hookimpl move it to the front or the back).
+``trylast=True`` on a hookimpl move it to the front or the back), each implementation
+itself (:mod:`infoshape.hooks`): pluggy's hook wrappers are refused at load, and every
+result is checked against the return annotation below.
 
 A plugin class (the usual form) is instantiated once per :class:`~infoshape.Session`,
 so its state (moving averages, kernel widths) lives on the session. A plugin

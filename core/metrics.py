@@ -1,4 +1,4 @@
-"""Step metrics kept on the device and sent to the sinks in blocks: no host sync per step.
+"""Metric rows on their way out: held on the device, checked, reduced, written (:class:`Emitter`).
 
 On a GPU, reading a value back (``float(loss)``, ``.item()``) makes the host wait until
 the device has finished every queued kernel. A session therefore never reads a step's
@@ -21,12 +21,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+import numpy as np
 import torch
 
-__all__ = ["FINITE", "StepMetrics", "capture_sums", "first_nonfinite"]
+from infoshape import distributed
+from infoshape.errors import ConfigError, report_nonfinite
+
+if TYPE_CHECKING:
+    from infoshape.capture import Capture
+    from infoshape.hookspecs import MetricSink
+    from infoshape.store import RunStore
+
+__all__ = [
+    "FINITE",
+    "Emitter",
+    "StepMetrics",
+    "capture_sums",
+    "check_settings",
+    "first_nonfinite",
+    "plain_value",
+    "visible",
+]
 
 FINITE = "\x00finite:"
 """Prefix of the hidden per-capture sums: checked for NaN/Inf, never written to a sink."""
@@ -172,3 +190,152 @@ def first_nonfinite(
 def visible(row: Mapping[str, Any]) -> dict[str, Any]:
     """``row`` without the hidden capture sums."""
     return {name: value for name, value in row.items() if not name.startswith(FINITE)}
+
+
+# ------------------------------------------------------------------ emission
+class Emitter:
+    """Rows of metrics on their way out: held, checked, reduced, written to the store and sinks.
+
+    The last steps of a batch's path (``core/README.md``): the session hands each step's
+    values to :meth:`add_step` and each epoch's to :meth:`write`; step rows are held on the
+    device (:class:`StepMetrics`) and read back every ``log_every`` steps
+    (:meth:`flush_steps`), checked for NaN/Inf, reduced across ranks
+    (:func:`infoshape.distributed.reduce_metrics`) and written, one row per step or epoch,
+    to the run store's metrics group (:meth:`infoshape.store.RunStore.write`) and to every
+    metric sink.
+
+    Args:
+        store: the run store written to (``None``: none, or not this rank's to write).
+        sinks: the other metric sinks (the user's and the plugins').
+        log_every: step rows held before they are read back.
+        on_nonfinite: how held rows with NaN/Inf are reported: ``"raise"``, ``"warn"``,
+            or ``"ignore"`` (not checked here: e.g. checked in each step already).
+        world_size: the ranks whose values are reduced into one row.
+    """
+
+    def __init__(
+        self,
+        store: RunStore | None,
+        sinks: Iterable[MetricSink],
+        *,
+        log_every: int,
+        on_nonfinite: str,
+        world_size: int = 1,
+    ) -> None:
+        self.store = store
+        self.sinks = list(sinks)
+        self.steps = StepMetrics(log_every)
+        self.on_nonfinite = on_nonfinite
+        self.world_size = world_size
+        self.where: dict[str, str] = {}
+        """Checked value name to what it is, for messages (``"tap 'fc1' (fc1, output)"``)."""
+
+    def name_captures(self, capture: Capture) -> None:
+        """Name each capture's tap, module and point in the messages about its NaN/Inf."""
+        for r in capture.resolved:
+            for name in capture.names(r):
+                self.where[FINITE + name] = f"tap {name!r} ({r.module}, {r.point})"
+
+    def add_step(self, index: int, values: Mapping[str, Any]) -> None:
+        """Hold the row of step ``index`` (no host sync); flush when ``log_every`` are held."""
+        self.steps.add(index, values)
+        if self.steps.full:
+            self.flush_steps()
+
+    def flush_steps(self) -> None:
+        """Read the held step rows back (one copy), check them, write them in step order.
+
+        With ``on_nonfinite="raise"`` the rows before the first step holding a non-finite
+        loss, penalty or capture are written, then :class:`~infoshape.NonFiniteError`
+        names that step and what failed.
+        """
+        rows = self.steps.drain()
+        bad = first_nonfinite(rows) if self.on_nonfinite != "ignore" else None
+        stop = len(rows)
+        if bad is not None and self.on_nonfinite == "raise":
+            stop = next(i for i, (index, _) in enumerate(rows) if index == bad[0])
+        for index, row in rows[:stop]:
+            self.write("step", index, visible(row))
+        if bad is not None:
+            self._report(*bad)
+
+    def write(self, stage: str, index: int, metrics: Mapping[str, Any]) -> None:
+        """Reduce ``metrics`` across ranks and write them as one row (none when empty)."""
+        if not metrics:
+            return
+        ops = {n: v.op for n, v in metrics.items() if isinstance(v, distributed.Reduced)}
+        plain = {
+            name: plain_value(value.value if isinstance(value, distributed.Reduced) else value)
+            for name, value in metrics.items()
+        }
+        if self.world_size > 1:
+            plain = distributed.reduce_metrics(plain, ops)
+        if self.store is not None:
+            self.store.write(stage, index, plain)
+        for sink in self.sinks:
+            sink.write(stage, index, plain)
+
+    def _report(self, step: int, names: list[str], values: Mapping[str, float]) -> None:
+        """Raise or warn (``on_nonfinite``) for the first step with NaN/Inf values."""
+        parts, got = [], []
+        order = {FINITE: 0, "penalty.": 1, "loss.objective": 2, "loss": 3}
+        names = sorted(names, key=lambda n: next(v for k, v in order.items() if n.startswith(k)))
+        if len(names) > 1 and names[-1] == "loss":  # the total adds nothing to its parts
+            names = names[:-1]
+        for name in names:
+            if name.startswith(FINITE):
+                capture = name.removeprefix(FINITE)
+                parts.append(self.where.get(name, f"capture {capture!r}"))
+                got.append(f"{capture} holds NaN/Inf")
+            else:
+                parts.append(self.where.get(name, name))
+                got.append(f"{name}={values[name]}")
+        report_nonfinite(
+            self.on_nonfinite,
+            f"non-finite values at step {step}: {'; '.join(parts)}",
+            expected="finite activations, a finite objective and finite penalties",
+            got=", ".join(got),
+            fix="lower the learning rate or the penalty weight; check_every=1 stops in the "
+            "step itself, on_nonfinite='warn' continues",
+        )
+
+
+def plain_value(value: Any) -> Any:
+    """A metric value as a float or a numpy array (DataArrays kept as they are)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if type(value).__name__ == "DataArray":
+        return value
+    array = np.asarray(value)
+    if array.ndim == 0:
+        return float(array) if array.dtype.kind in "fiub" else math.nan
+    return array
+
+
+def check_settings(on_nonfinite: Any, log_every: Any, check_every: Any) -> None:
+    """Refuse a session's unknown ``on_nonfinite``, or a bad ``log_every``/``check_every``.
+
+    Raises:
+        ConfigError: naming the setting, the value and the values allowed.
+    """
+    if on_nonfinite not in ("raise", "warn", "ignore", "skip"):
+        raise ConfigError(
+            "unknown on_nonfinite policy",
+            expected='"raise", "warn", "ignore" or "skip"',
+            got=repr(on_nonfinite),
+            fix='on_nonfinite="skip" leaves non-finite penalties out of the loss',
+        )
+    if not isinstance(log_every, int) or isinstance(log_every, bool) or log_every < 1:
+        raise ConfigError(
+            "log_every must be a positive number of steps",
+            expected="an int >= 1 (default 50)",
+            got=repr(log_every),
+            fix="log_every=50 reads step metrics back every 50 steps",
+        )
+    if check_every not in (None, 1):
+        raise ConfigError(
+            "check_every is 1 or None",
+            expected="1 (check every step, one host sync each) or None (at each flush)",
+            got=repr(check_every),
+            fix="use log_every to read values back more often",
+        )

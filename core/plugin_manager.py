@@ -18,13 +18,21 @@ import inspect
 import types
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
 
 from infoshape import hookspecs
-from infoshape.errors import PluginLoadError, raised_at
+from infoshape.errors import PluginLoadError, TapError, raised_at
+from infoshape.hooks import HOOK_NAMES
+from infoshape.options import build_config
+from infoshape.syntax import option_syntax, plugin_syntax
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from infoshape.capture import Tap
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -32,11 +40,12 @@ __all__ = [
     "PluginManager",
     "build_plugin_manager",
     "installed_plugins",
+    "plugin_configs",
     "plugin_name",
+    "plugin_taps",
 ]
 
 ENTRY_POINT_GROUP = "infoshape.plugins"
-_HOOK_NAMES = [n for n in dir(hookspecs) if n.startswith("infoshape_")]
 
 
 @attrs.frozen(kw_only=True)
@@ -60,7 +69,7 @@ class PluginInfo:
     @property
     def hooks(self) -> list[str]:
         """Names of the hooks the plugin implements."""
-        return sorted(n for n in _HOOK_NAMES if callable(getattr(self.plugin, n, None)))
+        return sorted(n for n in HOOK_NAMES if callable(getattr(self.plugin, n, None)))
 
 
 class PluginManager(pluggy.PluginManager):
@@ -89,14 +98,32 @@ class PluginManager(pluggy.PluginManager):
                 expected="hook arguments that are a subset of the specification's",
                 fix="see `infoshape.hookspecs` for each hook's arguments",
             ) from err
+        _refuse_wrappers(self, info)
         self.infos[info.name] = info
+
+
+def _refuse_wrappers(manager: PluginManager, info: PluginInfo) -> None:
+    """Unregister ``info.plugin`` and refuse it when a hook is a pluggy hook wrapper."""
+    for caller in manager.get_hookcallers(info.plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is info.plugin and (impl.wrapper or impl.hookwrapper):
+                manager.unregister(info.plugin)
+                flag = "wrapper=True" if impl.wrapper else "hookwrapper=True"
+                raise PluginLoadError(
+                    info.name,
+                    f"its hook {caller.name} is a hook wrapper ({flag})",
+                    expected="plain hook implementations: infoshape calls each implementation "
+                    "itself; wrappers are not supported",
+                    got=f"@hookimpl({flag}) on {caller.name}",
+                    fix="return a value instead: drop the wrapper flag and the yield",
+                )
 
 
 def _check_hook_names(info: PluginInfo) -> None:
     """Refuse ``infoshape_*`` attributes that are no hook (a misspelled hook name)."""
     for attr in dir(info.plugin):
-        if attr.startswith("infoshape_") and attr not in _HOOK_NAMES:
-            close = difflib.get_close_matches(attr, _HOOK_NAMES, n=1, cutoff=0.6)
+        if attr.startswith("infoshape_") and attr not in HOOK_NAMES:
+            close = difflib.get_close_matches(attr, HOOK_NAMES, n=1, cutoff=0.6)
             raise PluginLoadError(
                 info.name,
                 f"defines {attr!r}, which is no infoshape hook",
@@ -256,3 +283,51 @@ def build_plugin_manager(
             fix="rename the hook to one in infoshape.hookspecs",
         ) from err
     return manager
+
+
+def plugin_configs(
+    plugins: Mapping[str, PluginInfo], options: Mapping[str, Mapping[str, Any] | None]
+) -> dict[str, Any]:
+    """Each enabled plugin's ``Config`` instance, built from its ``options``.
+
+    Raises:
+        PluginLoadError: options for a plugin that is not enabled, or an invalid option
+            (:func:`infoshape.options.build_config`).
+    """
+    unknown = sorted(set(options) - set(plugins))
+    if unknown:
+        raise PluginLoadError(
+            unknown[0],
+            "has options but is not enabled",
+            expected=f"options only for enabled plugins: {', '.join(plugins) or '(none)'}",
+            got=", ".join(unknown),
+            fix=f"enable it ({plugin_syntax(unknown[0])}) or remove its options",
+        )
+    return {
+        name: build_config(name, getattr(info.plugin, "Config", None), options.get(name))
+        for name, info in plugins.items()
+    }
+
+
+def plugin_taps(plugin: str, taps: list[Tap], module: nn.Module, config: Any) -> list[Tap]:
+    """``plugin``'s taps, each matching a module of ``module``.
+
+    Raises:
+        TapError: a tap matches no module; it names the plugin and, when its ``Config``
+            has a ``layers`` option (``config``), how to set it.
+    """
+    for tap in taps:
+        try:
+            tap.select(module)
+        except TapError as err:
+            layers = attrs.has(type(config)) and "layers" in attrs.fields_dict(type(config))
+            names = [n for n, _ in module.named_modules() if n]
+            example = option_syntax(plugin, "layers", names[-1:])
+            fix = f"name the modules to tap: {example}, " if layers else ""
+            raise TapError(
+                f"plugin {plugin!r}: {err.problem}",
+                expected=f"a module of the model for plugin {plugin!r} to tap",
+                got=f"modules {', '.join(names[:20]) or '(none)'}",
+                fix=f"{fix}or disable {plugin!r} for this model",
+            ) from err
+    return taps

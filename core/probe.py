@@ -9,10 +9,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from infoshape import distributed
 from infoshape.capture import Capture
-from infoshape.errors import ConfigError
+from infoshape.errors import CaptureError, ConfigError
 
-__all__ = ["Probe", "as_probe", "run_probe"]
+__all__ = [
+    "Probe",
+    "as_probe",
+    "gather_probe",
+    "require_captured",
+    "run_probe",
+    "shard_probe",
+]
 
 
 def _as_tensor(value: object) -> torch.Tensor:
@@ -82,6 +90,48 @@ def as_probe(probe: Probe | tuple) -> Probe:
     )
 
 
+def shard_probe(probe: Probe, rank: int, world_size: int) -> Probe:
+    """This rank's strided shard of the probe set (the whole set in one process).
+
+    Raises:
+        ConfigError: the probe set is empty, or smaller than the number of ranks.
+    """
+    if probe.n == 0:
+        raise ConfigError(
+            "the probe set is empty",
+            expected="a probe set of at least one sample",
+            got=f"probe inputs of shape {tuple(probe.x.shape)}",
+            fix="pass probe=(x, y) with samples, or probe=None for no probe pass",
+        )
+    if world_size == 1:
+        return probe
+    if probe.n < world_size:
+        raise ConfigError(
+            "the probe set is smaller than the number of ranks",
+            expected=f"at least {world_size} probe samples (one per rank)",
+            got=f"{probe.n} samples",
+            fix="pass the same, larger probe set on every rank",
+        )
+    part = slice(rank, None, world_size)
+    return Probe(
+        x=probe.x[part], y=probe.y[part], sample=probe.sample_index[part], split=probe.split
+    )
+
+
+def gather_probe(
+    captures: Mapping[str, torch.Tensor],
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    world_size: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The probe captures, outputs and labels of all ranks' shards, in the probe set's order."""
+    gathered = [distributed.all_gather(t) for t in (*captures.values(), outputs, targets)]
+    n = gathered[-1].shape[0]
+    order = torch.from_numpy(np.argsort(distributed.strided_positions(n, world_size)))
+    full = [t[order] for t in gathered]
+    return dict(zip(captures, full[:-2], strict=True)), full[-2], full[-1]
+
+
 @torch.no_grad()
 def run_probe(
     model: nn.Module, capture: Capture, probe: Probe, batch_size: int
@@ -91,6 +141,9 @@ def run_probe(
     Returns:
         the captures of every tap concatenated over the probe set (detached, on CPU),
         and the model's outputs on the probe set (on CPU).
+
+    Raises:
+        CaptureError: a tapped module did not run in the probe pass.
     """
     was_training = model.training
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -107,7 +160,22 @@ def run_probe(
     finally:
         capture.clear()
         model.train(was_training)
-    return {name: torch.cat(chunks) for name, chunks in parts.items()}, torch.cat(outputs)
+    captures = {name: torch.cat(chunks) for name, chunks in parts.items()}
+    require_captured(capture, captures, "the probe pass")
+    return captures, torch.cat(outputs)
+
+
+def require_captured(capture: Capture, captures: Mapping[str, torch.Tensor], where: str) -> None:
+    """Raise a :class:`CaptureError` when a module ``capture`` taps did not run in ``where``."""
+    missing = [r for r in capture.resolved if any(n not in captures for n in capture.names(r))]
+    if missing:
+        raise CaptureError(
+            f"tapped module {missing[0].module!r} was never called in {where}",
+            expected="every tapped module runs in the model's forward",
+            got=f"no capture for {', '.join(repr(r.name) for r in missing)}",
+            fix="tap a module the forward pass uses (named_modules() also lists unused "
+            "ones), or call the model through session.model before session.loss",
+        )
 
 
 def _first(out: object) -> torch.Tensor:

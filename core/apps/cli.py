@@ -1,7 +1,11 @@
 """The ``infoshape`` command line: train, analyze, sweep, report, plugins, datasets.
 
-Every error infoshape raises (:class:`~infoshape.InfoshapeError`) is printed
-without a traceback and exits with status 2; so does a usage error.
+This module dispatches: each command's flags sit beside its application
+(``train``: :mod:`infoshape.apps.train_command`, ``sweep``:
+:mod:`infoshape.apps.sweep_command`, the flags they share: :mod:`infoshape.apps.flags`);
+``analyze``, ``report`` and the listings are small enough to live here. Every error
+infoshape raises (:class:`~infoshape.InfoshapeError`) is printed without a traceback and
+exits with status 2; so does a usage error.
 ``python -m infoshape.cli`` runs the same program as the ``infoshape`` script.
 """
 
@@ -9,12 +13,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from infoshape.errors import ConfigError, InfoshapeError
+from infoshape.apps.flags import (
+    formatter,
+    parse_assignment,
+    parse_toml_value,
+    read_config_file,
+)
+from infoshape.apps.sweep_command import add_parser as _add_sweep
+from infoshape.apps.train_command import add_parser as _add_train
+from infoshape.apps.train_command import train_settings
+from infoshape.errors import InfoshapeError
 from infoshape.syntax import cli_syntax
 
 __all__ = [
@@ -28,30 +39,6 @@ __all__ = [
 ]
 
 EXIT_ERROR = 2
-
-_TRAIN_EPILOG = """\
-examples:
-  infoshape train                                   # mlp on the embedded digits, 10 epochs
-  infoshape train --model cnn --epochs 5 --csv runs/cnn.csv
-  infoshape train --dataset mnist --data-root ~/data --model cnn --device cuda
-  infoshape train --plugin csv --option csv.path="m.csv" --tap 'fc*' --overwrite
-  infoshape train --model mlp --model-option hidden=[128,64] --no-probe
-  infoshape train --config run.toml --epochs 3      # flags override the file
-  infoshape train --resume runs/a.zarr              # continue a killed run
-  infoshape train --resume runs/a.zarr --epochs 20  # train a finished run longer
-
-config file (TOML): top-level keys are the flag names with underscores
-  model = "cnn"          dataset = "digits"      epochs = 5       lr = 0.001
-  plugins = ["csv"]      taps = ["relu1"]        probe = true     store = "runs/a.zarr"
-  [model_options]        hidden = [128, 64]
-  [options.csv]          path = "runs/a.csv"
-On the command line, scalar flags replace the file's value, --plugin and --tap
-replace its lists, --option and --model-option set single keys of its tables.
-`store = false` in the file (or --no-store) writes no store.
-
-open the store:
-  import xarray; tree = xarray.open_datatree("runs/digits-mlp.zarr", engine="zarr")
-"""
 
 _ANALYZE_EPILOG = """\
 examples:
@@ -83,176 +70,6 @@ examples:
 """
 
 
-# ------------------------------------------------------------------ values and files
-def parse_toml_value(text: str) -> Any:
-    """Parse ``text`` as a TOML value (``0.1``, ``true``, ``[1, 2]``, ``"x"``); else a string."""
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def parse_assignment(text: str, dotted: bool) -> tuple[str | None, str, Any]:
-    """Split ``PLUGIN.KEY=VALUE`` (``dotted``) or ``KEY=VALUE`` into its parts.
-
-    Returns:
-        ``(plugin or None, key, value parsed by parse_toml_value)``.
-
-    Raises:
-        ConfigError: when the text has no ``=`` or (dotted) no ``PLUGIN.`` part.
-    """
-    left, equals, right = text.partition("=")
-    plugin, dot, key = left.strip().rpartition(".") if dotted else (None, "", left.strip())
-    if not equals or not key or (dotted and not (dot and plugin)):
-        form = "PLUGIN.KEY=VALUE" if dotted else "KEY=VALUE"
-        raise ConfigError(
-            "cannot read an option",
-            expected=form,
-            got=repr(text),
-            fix=f"write it as {form}, e.g. " + ("csv.path=m.csv" if dotted else "hidden=[128,64]"),
-        )
-    return plugin, key, parse_toml_value(right.strip())
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML train config (see ``infoshape train --help``) into a plain dict.
-
-    ``store = false`` becomes ``store = None`` (no store).
-
-    Raises:
-        ConfigError: the file is missing or is not valid TOML.
-    """
-    path = Path(path)
-    try:
-        with path.open("rb") as file:
-            settings = tomllib.load(file)
-    except OSError as err:
-        raise ConfigError(
-            f"cannot read the config file {path}",
-            expected="a readable TOML file",
-            got=repr(err),
-            fix="check the path given to --config",
-        ) from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(
-            f"the config file {path} is not valid TOML",
-            expected="TOML (https://toml.io)",
-            got=str(err),
-            fix='fix the line named above; strings need quotes: model = "cnn"',
-        ) from err
-    if settings.get("store") is False:
-        settings["store"] = None
-    return settings
-
-
-# ------------------------------------------------------------------ parser
-def _formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
-
-
-def _add_train(commands: Any) -> None:
-    p = commands.add_parser(
-        "train",
-        help="train a zoo model on a registered data set, capturing and storing taps",
-        description="Train a zoo model on a registered data set through an infoshape "
-        "Session: enabled plugins add penalties and metrics, and the probe set's taps are "
-        "stored at each epoch end in a zarr store that xarray opens.",
-        epilog=_TRAIN_EPILOG,
-        formatter_class=_formatter,
-    )
-    add = p.add_argument
-    add("--config", metavar="FILE.toml", help="read settings from a TOML file (flags override)")
-    add("--model", help="zoo model: mlp, cnn, resnet18 (default mlp)")
-    add(
-        "--model-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a model option, VALUE in TOML syntax: hidden=[128,64] (repeatable)",
-    )
-    add("--dataset", help="registered data set (default digits; see `infoshape datasets`)")
-    add("--data-root", metavar="DIR", help="folder holding the files of data sets that need them")
-    add("--epochs", type=int, metavar="N", help="passes over the training split (default 10)")
-    add("--batch-size", type=int, metavar="N", help="training batch size (default 64)")
-    add("--lr", type=float, metavar="X", help="learning rate (default 0.001)")
-    add("--optimizer", choices=["adam", "sgd"], help="adam (default) or sgd (no momentum)")
-    add("--seed", type=int, metavar="N", help="seed of torch, numpy, shuffling, probe (default 0)")
-    add(
-        "--plugin",
-        action="append",
-        metavar="NAME",
-        dest="plugins",
-        help="enable a plugin (repeatable; `infoshape plugins` lists them)",
-    )
-    add(
-        "--option",
-        action="append",
-        default=[],
-        metavar="PLUGIN.KEY=VALUE",
-        help="a plugin option, VALUE in TOML syntax: shade.beta=0.1 (repeatable)",
-    )
-    add("--store", metavar="PATH", help="zarr store to write (default runs/<dataset>-<model>.zarr)")
-    add("--no-store", action="store_true", help="write no store")
-    add("--overwrite", action="store_const", const=True, help="replace an existing store")
-    add(
-        "--resume",
-        metavar="STORE",
-        help="continue the run in STORE from its last complete epoch (its settings are "
-        "reused; --epochs N trains it longer; with --overwrite, changed settings start "
-        "a new run there instead of being refused)",
-    )
-    add(
-        "--no-probe",
-        action="store_const",
-        const=False,
-        dest="probe",
-        help="pass no probe set at epoch ends (so no taps are stored)",
-    )
-    add("--probe-size", type=int, metavar="N", help="at most N test samples probed (default 1000)")
-    add(
-        "--tap",
-        action="append",
-        metavar="MODULE",
-        dest="taps",
-        help="store this module's output for the probe set (name or glob; repeatable; "
-        "default: the model's default taps)",
-    )
-    add("--csv", metavar="PATH", help="enable the csv plugin, writing metrics to PATH")
-    add("--tensorboard", metavar="DIR", help="enable the tensorboard plugin, logging to DIR")
-    add(
-        "--device",
-        help="torch device: auto (default: cuda when there is one, else cpu), cpu, cuda:1",
-    )
-    add(
-        "--amp",
-        choices=["off", "bf16", "fp16"],
-        help="mixed precision: bf16 or fp16 autocast (fp16 with a gradient scaler); default off",
-    )
-    add(
-        "--compile",
-        nargs="?",
-        const=True,
-        metavar="BACKEND",
-        help="train through torch.compile(model), with BACKEND if given (default inductor); "
-        "capture hooks are traced into the graph",
-    )
-    add(
-        "--log-every",
-        type=int,
-        metavar="N",
-        help="read step metrics back from the device every N steps (default 50): the step "
-        "itself never waits for the device",
-    )
-    add(
-        "--no-progress",
-        action="store_const",
-        const=False,
-        dest="progress",
-        help="no progress bar (there is none when stderr is not a terminal)",
-    )
-    p.set_defaults(run=_run_train)
-
-
 def _add_analyze(commands: Any) -> None:
     p = commands.add_parser(
         "analyze",
@@ -262,7 +79,7 @@ def _add_analyze(commands: Any) -> None:
         "(labels Y). The store is read one (epoch, tap) slab at a time and the results "
         "are written back as STORE/analysis/NAME (replacing an earlier run of the same NAME).",
         epilog=_ANALYZE_EPILOG,
-        formatter_class=_formatter,
+        formatter_class=formatter,
     )
     add = p.add_argument
     add("store", metavar="STORE", help="the run store (a .zarr folder with probe taps)")
@@ -292,15 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         "  infoshape sweep --plugin cr --coefficient 0.01 --seed 0 --seed 1\n"
         "  infoshape plugins --options\n  infoshape datasets\n\n"
         "`infoshape COMMAND --help` describes each command.",
-        formatter_class=_formatter,
+        formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"infoshape {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    _add_train(commands)
+    _add_train(commands, formatter)
     _add_analyze(commands)
-    from infoshape.apps.sweep import add_parser as _add_sweep  # light: trains nothing at import
-
-    _add_sweep(commands, _formatter)
+    _add_sweep(commands, formatter)
     p = commands.add_parser(
         "report",
         help="draw the information planes and metric curves of a store as PNG files",
@@ -308,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "group (I(X;T) against I(T;Y), one curve per tap, coloured by epoch) and the metric "
         "curves over steps and epochs. Prints the files written.",
         epilog=_REPORT_EPILOG,
-        formatter_class=_formatter,
+        formatter_class=formatter,
     )
     p.add_argument("store", metavar="STORE", help="the run store (a .zarr folder)")
     p.add_argument("--out", metavar="DIR", help="output folder (default STORE stem + .report)")
@@ -320,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "group: name, version, distribution and the hooks each implements. A plugin "
         "that fails to load is listed with its error.",
         epilog=_PLUGINS_EPILOG,
-        formatter_class=_formatter,
+        formatter_class=formatter,
     )
     p.add_argument("--options", action="store_true", help="also list each plugin's options")
     p.set_defaults(run=_run_plugins)
@@ -330,86 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the data sets registered by installed plugins: name, number of "
         "classes, input shape, whether files under --data-root are needed, description.",
         epilog=_DATASETS_EPILOG,
-        formatter_class=_formatter,
+        formatter_class=formatter,
     )
     p.set_defaults(run=_run_datasets)
     return parser
-
-
-# ------------------------------------------------------------------ train
-_FLAG_KEYS = (
-    "model", "dataset", "data_root", "epochs", "batch_size", "lr", "optimizer", "seed",
-    "store", "overwrite", "probe", "probe_size", "taps", "plugins", "device", "amp", "compile",
-    "log_every", "progress",
-)  # fmt: skip
-
-
-def _merged(table: Any, additions: dict[str, Any], nested: bool = False) -> Any:
-    """``table`` (from the file) with ``additions`` (from flags) set key by key."""
-    if not isinstance(table, dict):
-        return table  # left for TrainConfig to refuse with its message
-    merged = dict(table)
-    for key, value in additions.items():
-        inner = merged.get(key)
-        merged[key] = {**inner, **value} if nested and isinstance(inner, dict) else value
-    return merged
-
-
-def train_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Merge the config file (if any) and the ``train`` flags into one dict; flags win."""
-    settings = read_config_file(args.config) if args.config else {}
-    for key in _FLAG_KEYS:
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
-    if args.no_store:
-        settings["store"] = None
-    plugins = settings.get("plugins", [])
-    plugins = list(plugins) if isinstance(plugins, list | tuple) else plugins  # "x": refused
-    options: dict[str, dict[str, Any]] = {}
-    for text in args.option:
-        plugin, key, value = parse_assignment(text, dotted=True)
-        options.setdefault(str(plugin), {})[key] = value
-    for plugin, key, value in (
-        ("csv", "path", args.csv),
-        ("tensorboard", "log_dir", args.tensorboard),
-    ):
-        if value is not None:
-            plugins += [] if plugin in plugins or not isinstance(plugins, list) else [plugin]
-            options.setdefault(plugin, {})[key] = value
-    if plugins or "plugins" in settings:
-        settings["plugins"] = plugins
-    if options:
-        settings["options"] = _merged(settings.get("options", {}), options, nested=True)
-    model_options = {}
-    for text in args.model_option:
-        _, key, value = parse_assignment(text, dotted=False)
-        model_options[key] = value
-    if model_options:
-        settings["model_options"] = _merged(settings.get("model_options", {}), model_options)
-    return settings
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from infoshape.apps.trainer import TrainConfig, resume_config, train
-
-    if args.resume:
-        config, resume = resume_config(args.resume, train_settings(args))
-    else:
-        config, resume = TrainConfig.from_mapping(train_settings(args)), False
-    result = train(config, resume=resume)
-    print(
-        f"trained {config.model} on {config.dataset} for {config.epochs} epochs "
-        f"in {result.elapsed_s:.1f} s" + (" (resumed)" if resume else "")
-    )
-    print(f"  train accuracy {result.train_accuracy:.4f}   loss {result.train_loss:.4f}")
-    print(f"  test accuracy  {result.test_accuracy:.4f}   loss {result.test_loss:.4f}")
-    if result.store is not None:
-        print(f"  store          {result.store}")
-        print(
-            f'  open it with   import xarray; xarray.open_datatree("{result.store}", engine="zarr")'
-        )
-    return 0
 
 
 # ------------------------------------------------------------------ analyze, report

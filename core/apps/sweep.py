@@ -56,6 +56,7 @@ from typing import Any
 
 import attrs
 
+from infoshape.apps.sweep_command import add_parser, run_command, sweep_settings
 from infoshape.apps.sweep_summary import Summary, summarize
 from infoshape.errors import ConfigError, InfoshapeError
 
@@ -64,7 +65,7 @@ __all__ = [
     "Summary",
     "SweepConfig",
     "SweepResult",
-    "add_parser",
+    "add_parser",  # the command line: infoshape.apps.sweep_command
     "cell_status",
     "run_command",
     "run_sweep",
@@ -420,140 +421,3 @@ def run_sweep(
     return SweepResult(
         ran=tuple(ran), skipped=tuple(skipped), failed=failed, summary=summary, out=out
     )
-
-
-# ------------------------------------------------------------------ command line
-EPILOG = """\
-examples:
-  infoshape sweep --plugin cr --plugin l1r --coefficient 0.01 --coefficient 0.1 \\
-      --seed 0 --seed 1 --epochs 10 --out sweeps/demo
-  infoshape sweep --config sweep.toml                 # run (or finish) the sweep in the file
-  infoshape sweep --config sweep.toml --summary-only  # only rebuild summary.md / summary.csv
-  infoshape sweep --configuration dropout:dropout=0.5 --configuration bn:batch_norm=true
-
-config file (TOML): the `infoshape train` keys at top level, the grid under [sweep]
-  model = "mlp"    dataset = "digits"    epochs = 20
-  [model_options]  hidden = [100, 100, 100, 100, 100]
-  [sweep]          out = "sweeps/cr"    seeds = [0, 1, 2]
-                   plugins = ["cr", "l1r", "rr"]    coefficients = [0.01, 0.1]
-  [sweep.configurations.dropout]   model_options = {dropout = 0.5}
-  [sweep.configurations.bn]        model_options = {batch_norm = true}
-Flags add to the file: --plugin/--coefficient/--seed/--configuration replace its lists,
---option and --model-option set keys of the base run.
-
-Each cell (group x seed) trains into OUT/cells/GROUP-seedK.zarr. Running the same
-command again skips complete cells and retrains interrupted or failed ones. The summary
-(OUT/summary.md, OUT/summary.csv) gives, per group, mean +- std over seeds of the test
-error (%) and every characteristic (the characteristics plugin runs in every cell).
-"""
-
-
-def _configuration(text: str) -> tuple[str, dict[str, Any]]:
-    from infoshape.apps.cli import parse_assignment
-
-    name, _, rest = text.partition(":")
-    if not name.strip():
-        raise ConfigError(
-            "cannot read a configuration",
-            expected="NAME or NAME:KEY=VALUE[;KEY=VALUE] (model options)",
-            got=repr(text),
-            fix="e.g. --configuration dropout:dropout=0.5",
-        )
-    options = dict(parse_assignment(p, dotted=False)[1:] for p in rest.split(";") if p.strip())
-    return name.strip(), ({"model_options": options} if options else {})
-
-
-def sweep_settings(args: Any) -> dict[str, Any]:
-    """Merge the config file (if any) and the ``sweep`` flags into one mapping; flags win."""
-    from infoshape.apps.cli import parse_assignment, read_config_file
-
-    settings = read_config_file(args.config) if args.config else {}
-    grid = dict(settings.get("sweep", {}) or {})
-    for key in ("model", "dataset", "data_root", "epochs", "batch_size", "lr", "device"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    change: dict[str, Any] = {"options": {}, "model_options": {}}
-    for text in args.option:
-        plugin, key, value = parse_assignment(text, dotted=True)
-        change["options"].setdefault(str(plugin), {})[key] = value
-    for text in args.model_option:
-        _, key, value = parse_assignment(text, dotted=False)
-        change["model_options"][key] = value
-    if args.base_plugins:
-        change["plugins"] = args.base_plugins
-    settings = _merge(settings, {k: v for k, v in change.items() if v})
-    for key, value in (
-        ("out", args.out),
-        ("plugins", args.plugins),
-        ("coefficients", args.coefficients),
-        ("seeds", args.seeds),
-    ):
-        if value is not None:
-            grid[key] = value
-    if args.configurations:
-        grid["configurations"] = dict(map(_configuration, args.configurations))
-    if args.no_baseline:
-        grid["baseline"] = False
-    settings["sweep"] = grid
-    return settings
-
-
-def add_parser(commands: Any, formatter: Any) -> None:
-    """Add the ``sweep`` subcommand to the ``infoshape`` parser's ``commands``."""
-    p = commands.add_parser(
-        "sweep",
-        help="train a grid of configurations x seeds (one store each) and summarize it",
-        description="Run a grid of training runs sequentially: a baseline, named "
-        "configurations (model options such as dropout or batch norm), and plugins x "
-        "coefficients, each for every seed, with the built-in trainer. Resumable: complete "
-        "cells are not rerun. Writes OUT/summary.md and OUT/summary.csv: test error and "
-        "every representation characteristic, mean +- std over seeds.",
-        epilog=EPILOG,
-        formatter_class=formatter,
-    )
-    add = p.add_argument
-    add("--config", metavar="FILE.toml", help="read the base run and the [sweep] grid from TOML")
-    add("--out", metavar="DIR", help="output folder (default sweeps/sweep)")
-    add("--plugin", action="append", dest="plugins", metavar="NAME", help="a swept plugin, one "
-        "group per coefficient (repeatable)")  # fmt: skip
-    add("--coefficient", action="append", type=float, dest="coefficients", metavar="X",
-        help="a value of each swept plugin's weight option: the one the plugin declares "
-        "(shade: beta, irnn: alpha2, cr: coefficient) (repeatable)")  # fmt: skip
-    add("--seed", action="append", type=int, dest="seeds", metavar="N", help="a seed "
-        "(repeatable; default 0)")  # fmt: skip
-    add("--configuration", action="append", dest="configurations", metavar="NAME[:K=V;...]",
-        help="a named group of model options, e.g. dropout:dropout=0.5 (repeatable)")  # fmt: skip
-    add("--no-baseline", action="store_true", help="leave out the unchanged base run")
-    add("--base-plugin", action="append", dest="base_plugins", metavar="NAME",
-        help="a plugin enabled in every cell (repeatable)")  # fmt: skip
-    add("--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="a plugin "
-        "option of every cell, e.g. characteristics.bounds=[] (repeatable)")  # fmt: skip
-    add("--model-option", action="append", default=[], metavar="KEY=VALUE",
-        help="a model option of every cell, e.g. hidden=[100,100] (repeatable)")  # fmt: skip
-    add("--model", help="zoo model (default mlp)")
-    add("--dataset", help="registered data set (default digits)")
-    add("--data-root", metavar="DIR", help="folder of data sets that need files")
-    add("--epochs", type=int, metavar="N", help="epochs per cell")
-    add("--batch-size", type=int, metavar="N", help="training batch size")
-    add("--lr", type=float, metavar="X", help="learning rate")
-    add("--device", help="torch device (cpu, cuda)")
-    add("--summary-only", action="store_true", help="train nothing; rebuild the summary")
-    add("--no-progress", action="store_false", dest="progress", help="no progress bar")
-    p.set_defaults(run=run_command)
-
-
-def run_command(args: Any) -> int:
-    """Run ``infoshape sweep``; exit status 1 when a cell failed."""
-    config = SweepConfig.from_mapping(sweep_settings(args))
-    if args.summary_only:
-        summary = summarize(config.out)
-        print(summary.to_markdown(), end="")
-        return 0
-    result = run_sweep(config, progress=args.progress, log=lambda m: print(m, file=sys.stderr))
-    print(
-        f"sweep {result.out}: {len(result.ran)} cells trained, {len(result.skipped)} already "
-        f"complete, {len(result.failed)} failed"
-    )
-    print(result.summary.to_markdown(), end="")
-    print(f"summary: {result.out / 'summary.md'}, {result.out / 'summary.csv'}")
-    return 1 if result.failed else 0

@@ -12,21 +12,19 @@ Each epoch: the training steps (``s.loss`` → backward → step → ``s.step_en
 then test accuracy/loss and train accuracy/loss (``test.*``, ``train.*``,
 logged before ``s.epoch_end``), then ``s.epoch_end`` with the probe set (at
 most ``probe_size`` test samples, drawn by a seeded permutation) whose taps
-are stored as ``(epoch, sample, ...)``.
+are stored as ``(epoch, sample, ...)``. The settings live in
+:mod:`infoshape.apps.train_config`, resuming in :mod:`infoshape.apps.resume`.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import attr
 import attrs
 import numpy as np
 import torch
@@ -35,19 +33,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from infoshape.apps.models import build_model
-from infoshape.capture import Tap
-from infoshape.checkpoint import (
-    checkpoint_path,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
+from infoshape.apps.resume import (
+    RESUMABLE_SETTINGS,
+    interrupted,
+    resume_config,
+    resume_state,
+    save_run,
 )
-from infoshape.errors import ConfigError, DatasetNotFoundError, RunInterrupted, StoreError
+from infoshape.apps.train_config import TrainConfig, TrainResult
+from infoshape.capture import Tap
+from infoshape.errors import ConfigError, DatasetNotFoundError
 from infoshape.probe import Probe
 from infoshape.registry import get_dataset
 from infoshape.session import Session
-from infoshape.syntax import by_syntax, plugin_syntax
+from infoshape.store.checkpoint import set_rng_state
+from infoshape.syntax import by_syntax
 
 __all__ = [
     "RESUMABLE_SETTINGS",
@@ -58,267 +58,6 @@ __all__ = [
     "seed_everything",
     "train",
 ]
-
-RESUMABLE_SETTINGS = (
-    "epochs",
-    "progress",
-    "device",
-    "data_root",
-    "overwrite",
-    "store",
-    "compile",
-    "log_every",
-)
-"""Settings a resumed run may change; the others must equal the run's own."""
-
-
-# ------------------------------------------------------------------ config
-def _setting(expected: str, test: Callable[[Any], bool], example: str) -> Callable[..., None]:
-    """An attrs validator raising :class:`ConfigError` with the field, value and constraint."""
-
-    def validate(_instance: object, attribute: attrs.Attribute, value: Any) -> None:
-        if not test(value):
-            raise ConfigError(
-                f"train setting {attribute.name!r} is invalid",
-                expected=expected,
-                got=f"{value!r} ({type(value).__name__})",
-                fix=f"give {attribute.name} {expected}, e.g. {example}",
-            )
-
-    return validate
-
-
-def _text(what: str, example: str, optional: bool = False) -> Callable[..., None]:
-    """A non-empty string (or, when ``optional``, also None)."""
-    expected = f"{what} (text){' or None' if optional else ''}"
-    return _setting(expected, lambda v: _is_str(v) or (optional and v is None), example)
-
-
-def _int_at_least(low: int, example: str) -> Callable[..., None]:
-    return _setting(f"an integer >= {low}", lambda v: _is_int(v) and v >= low, example)
-
-
-def _boolean() -> Callable[..., None]:
-    return _setting("true or false", lambda v: isinstance(v, bool), "true")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str) and bool(value)
-
-
-def _to_float(value: Any) -> Any:
-    return float(value) if _is_int(value) else value
-
-
-def _to_optional_str(value: Any) -> Any:
-    return str(value) if isinstance(value, Path) else value
-
-
-def _to_names(value: Any) -> Any:
-    if value is None or isinstance(value, tuple):
-        return value
-    if isinstance(value, str):
-        return (value,)
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _names(value: Any) -> bool:
-    return isinstance(value, tuple) and all(_is_str(v) for v in value)
-
-
-def _plugin_names(_instance: object, _attribute: attrs.Attribute, value: Any) -> None:
-    """A list of plugin names; a string is refused, not read as one name or as letters."""
-    if _names(value):
-        return
-    names = [value] if _is_str(value) else ["csv"]
-    in_file = f"plugins = {json.dumps(names)} in the config file, or {plugin_syntax(*names)}"
-    raise ConfigError(
-        "train setting 'plugins' is invalid",
-        expected="a list of plugin names",
-        got=f"{value!r} ({type(value).__name__})",
-        fix=f"write it as a list: {by_syntax(plugin_syntax(*names), in_file)}",
-    )
-
-
-def _options(value: Any) -> bool:
-    return isinstance(value, Mapping) and all(
-        isinstance(k, str) and isinstance(v, Mapping) for k, v in value.items()
-    )
-
-
-def _device(value: Any) -> bool:
-    if value == "auto":
-        return True
-    try:
-        torch.device(value)
-    except (RuntimeError, TypeError):
-        return False
-    return True
-
-
-def _default_store(config: TrainConfig) -> str:
-    return f"runs/{config.dataset}-{config.model}.zarr"
-
-
-@attrs.frozen(kw_only=True)
-class TrainConfig:
-    """Everything a built-in training run needs; the CLI flags and the TOML file map onto it.
-
-    Attributes:
-        model: zoo model name (``infoshape.models.MODELS``).
-        dataset: registered data-set name (``infoshape datasets`` lists them).
-        data_root: local folder of data sets that need files (MNIST, CIFAR-10).
-        epochs: number of passes over the training split.
-        batch_size: training batch size.
-        lr: learning rate.
-        optimizer: ``"adam"`` (Adam) or ``"sgd"`` (plain SGD, no momentum).
-        seed: seeds torch, numpy, random, the shuffling and the probe draw.
-        plugins: plugin names to enable (entry points of ``infoshape.plugins``).
-        options: per-plugin options, ``{"csv": {"path": "m.csv"}}``.
-        model_options: options of the zoo model (``hidden`` for mlp, ``channels`` for cnn).
-        store: path of the zarr store (default ``runs/<dataset>-<model>.zarr``); ``None``
-            writes no store.
-        overwrite: replace an existing store.
-        probe: pass a probe set (test samples) at each epoch end and store its taps.
-        probe_size: at most this many probe samples.
-        taps: module names (globs) whose outputs are stored for the probe set; ``None``
-            means the model's ``default_taps``.
-        device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``), or ``"auto"``: CUDA
-            when this machine has it, else the CPU.
-        amp: mixed precision of the training step: ``"off"``, ``"bf16"`` (bfloat16
-            autocast) or ``"fp16"`` (float16 autocast with a ``torch.amp.GradScaler``);
-            penalties and estimators compute in float32 inside it.
-        compile: train through ``torch.compile(model)`` (the capture hooks are traced into
-            the graph; evaluation and the probe pass run the model uncompiled): ``True``
-            (inductor) or a backend name (``"aot_eager"``); ``False``: eager.
-        log_every: steps between reads of the step metrics back to the host
-            (``Session(log_every=...)``): the training step itself never waits for the device.
-        progress: show a progress bar (only on a terminal).
-    """
-
-    model: str = attrs.field(default="mlp", validator=_text("a model name", "'cnn'"))
-    dataset: str = attrs.field(default="digits", validator=_text("a data-set name", "'mnist'"))
-    data_root: str | None = attrs.field(
-        default=None,
-        converter=_to_optional_str,
-        validator=_text("a folder", "'~/data'", optional=True),
-    )
-    epochs: int = attrs.field(default=10, validator=_int_at_least(1, "10"))
-    batch_size: int = attrs.field(default=64, validator=_int_at_least(1, "64"))
-    lr: float = attrs.field(
-        default=1e-3,
-        converter=_to_float,
-        validator=_setting("a float > 0", lambda v: isinstance(v, float) and v > 0, "0.001"),
-    )
-    optimizer: str = attrs.field(
-        default="adam",
-        validator=_setting("'adam' or 'sgd'", lambda v: v in ("adam", "sgd"), "'sgd'"),
-    )
-    seed: int = attrs.field(default=0, validator=_int_at_least(0, "0"))
-    plugins: tuple[str, ...] = attrs.field(
-        default=(),
-        converter=lambda v: tuple(v) if isinstance(v, list) else v,  # "shade" is refused
-        validator=_plugin_names,
-    )
-    options: dict[str, dict[str, Any]] = attrs.field(
-        factory=dict,
-        validator=_setting(
-            "a table per plugin: {plugin: {option: value}}", _options, "{csv = {path = 'm.csv'}}"
-        ),
-    )
-    model_options: dict[str, Any] = attrs.field(
-        factory=dict,
-        validator=_setting(
-            "a table {option: value}", lambda v: isinstance(v, Mapping), "{hidden = [128, 64]}"
-        ),
-    )
-    store: str | None = attrs.field(
-        default=attrs.Factory(_default_store, takes_self=True),
-        converter=_to_optional_str,
-        validator=_text("a store path", "'runs/a.zarr'", optional=True),
-    )
-    overwrite: bool = attrs.field(default=False, validator=_boolean())
-    probe: bool = attrs.field(default=True, validator=_boolean())
-    probe_size: int = attrs.field(default=1000, validator=_int_at_least(1, "1000"))
-    taps: tuple[str, ...] | None = attrs.field(
-        default=None,
-        converter=_to_names,
-        validator=_setting(
-            "a list of module names (or None)", lambda v: v is None or _names(v), "['relu1']"
-        ),
-    )
-    device: str = attrs.field(
-        default="auto", validator=_setting("'auto' or a torch device name", _device, "'cuda'")
-    )
-    amp: str = attrs.field(
-        default="off",
-        validator=_setting(
-            "'off', 'bf16' or 'fp16'", lambda v: v in ("off", "bf16", "fp16"), "'bf16'"
-        ),
-    )
-    compile: bool | str = attrs.field(
-        default=False,
-        validator=_setting(
-            "true, false or a torch.compile backend name",
-            lambda v: isinstance(v, (bool, str)) and v != "",
-            "true",
-        ),
-    )
-    log_every: int = attrs.field(default=50, validator=_int_at_least(1, "50"))
-    progress: bool = attrs.field(default=True, validator=_boolean())
-
-    @classmethod
-    def from_mapping(cls, settings: Mapping[str, Any]) -> TrainConfig:
-        """Build a config from a mapping (a parsed TOML file), refusing unknown keys.
-
-        Raises:
-            ConfigError: an unknown key (listing the valid ones) or an invalid value.
-        """
-        known = [f.name for f in attrs.fields(cls)]
-        unknown = sorted(set(settings) - set(known))
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
-            raise ConfigError(
-                f"unknown train setting {unknown[0]!r}",
-                expected=f"settings among: {', '.join(known)}",
-                got=", ".join(unknown),
-                fix=f"did you mean {close[0]!r}?" if close else "remove it",
-            )
-        return cls(**settings)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The config as plain data (lists, dicts), as recorded in the run manifest."""
-        return attr.asdict(self, retain_collection_types=False)
-
-
-@attrs.frozen(kw_only=True)
-class TrainResult:
-    """What :func:`train` returns.
-
-    Attributes:
-        train_accuracy: accuracy on the whole training split after the last epoch.
-        train_loss: mean cross-entropy on the training split after the last epoch.
-        test_accuracy: accuracy on the whole test split after the last epoch.
-        test_loss: mean cross-entropy on the test split after the last epoch.
-        store: the store's path, or ``None`` when no store was written.
-        elapsed_s: wall-clock seconds of the whole run (loading data included).
-        history: per epoch, the metrics logged at its end (``train.*``, ``test.*``, and
-            those returned by ``Session.epoch_end``).
-        config: the config run, with ``taps`` resolved to the module names stored.
-    """
-
-    train_accuracy: float
-    train_loss: float
-    test_accuracy: float
-    test_loss: float
-    store: Path | None
-    elapsed_s: float
-    history: tuple[dict[str, Any], ...]
-    config: TrainConfig
 
 
 # ------------------------------------------------------------------ pieces
@@ -527,143 +266,13 @@ def _evaluate_splits(
     }
 
 
-# ------------------------------------------------------------------ resume
-def resume_config(
-    store: str | Path, settings: Mapping[str, Any] | None = None
-) -> tuple[TrainConfig, bool]:
-    """The config of the run whose store is ``store``, with ``settings`` applied.
-
-    ``settings`` (from the command line) may change :data:`RESUMABLE_SETTINGS`
-    (``epochs`` to train longer); any other setting must equal the run's own.
-
-    Returns:
-        the config and whether to resume (``False``: ``settings`` hold ``overwrite``
-        and change the run, so a new run replaces the store).
-
-    Raises:
-        StoreError: no checkpoint beside ``store``.
-        ConfigError: ``settings`` change a setting of the run (unless ``overwrite``:
-            then the returned config starts a new run at ``store``, replacing it).
-    """
-    saved = dict(load_checkpoint(checkpoint_path(store))["config"])
-    settings = {**dict(settings or {}), "store": str(store)}
-    changed = {
-        k: v
-        for k, v in settings.items()
-        if k not in RESUMABLE_SETTINGS and _normalized(v) != _normalized(saved.get(k))
-    }
-    if changed and settings.get("overwrite"):  # not resumable: a new run replaces the store
-        return TrainConfig.from_mapping({**saved, **settings}), False
-    if changed:
-        raise ConfigError(
-            f"the settings differ from those of the run in {store}",
-            expected=", ".join(f"{k}={saved.get(k)!r}" for k in changed),
-            got=", ".join(f"{k}={v!r}" for k, v in changed.items()),
-            fix="drop those settings to resume (only "
-            + ", ".join(RESUMABLE_SETTINGS)
-            + " may change), or start a new run: another --store, or --overwrite to "
-            "replace this one",
-        )
-    return TrainConfig.from_mapping({**saved, **settings}), True
-
-
-def _normalized(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_normalized(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _normalized(v) for k, v in value.items()}
-    return float(value) if _is_int(value) else value
-
-
-def _resume_state(config: TrainConfig) -> dict[str, Any]:
-    """The checkpoint to resume ``config`` from, checked against the store's run."""
-    if config.store is None:
-        raise ConfigError(
-            "resuming needs a store",
-            expected="the store of the run to resume",
-            got="store=None",
-            fix=by_syntax("give the config the store to resume", "pass --resume STORE"),
-        )
-    state = load_checkpoint(checkpoint_path(config.store))
-    saved = {k: v for k, v in state["config"].items() if k not in RESUMABLE_SETTINGS}
-    given = {k: v for k, v in config.as_dict().items() if k not in RESUMABLE_SETTINGS}
-    if _normalized(saved) != _normalized(given):
-        diff = sorted(k for k in given if _normalized(given[k]) != _normalized(saved.get(k)))
-        raise StoreError(
-            f"the checkpoint beside {config.store} is from another run",
-            expected=", ".join(f"{k}={saved.get(k)!r}" for k in diff),
-            got=", ".join(f"{k}={given[k]!r}" for k in diff),
-            fix="resume with the run's own settings ("
-            + by_syntax("resume_config(STORE)", "infoshape train --resume STORE")
-            + "), or start afresh with "
-            + by_syntax("overwrite=True", "--overwrite"),
-        )
-    return state
-
-
-def _save_checkpoint(
-    s: Session,
-    config: TrainConfig,
-    optimizer: torch.optim.Optimizer,
-    loader: DataLoader,
-    history: list[dict[str, Any]],
-) -> None:
-    """Flush the store, then write the checkpoint of the epoch that just ended."""
-    assert config.store is not None and loader.generator is not None
-    s.flush()  # the store holds the epoch before the checkpoint says so
-    save_checkpoint(
-        checkpoint_path(config.store),
-        {
-            "config": config.as_dict(),
-            "session": s.state_dict(),
-            "model": s.model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(loader.generator),
-            "history": [{k: _plain_metric(v) for k, v in h.items()} for h in history],
-        },
-    )
-
-
-def _plain_metric(value: Any) -> Any:
-    """A history value as what ``torch.load(weights_only=True)`` reads back."""
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    array = np.asarray(getattr(value, "values", value))
-    return float(array) if array.ndim == 0 else torch.from_numpy(np.array(array))
-
-
-def _interrupted(config: TrainConfig, kept: int) -> RunInterrupted:
-    """The error of a run interrupted after ``kept`` complete epochs: what is kept, what next."""
-    store = config.store
-    done = f"{kept} complete epoch{'s are' if kept != 1 else ' is'} kept in {store}"
-    if store is None:
-        done, fix = "nothing is kept (no store)", "run it again (a run with a store can resume)"
-    elif kept == 0:
-        done = f"no epoch was complete, so nothing is kept in {store}"
-        fix = (
-            "start it again (" + by_syntax("overwrite=True", "--overwrite") + " replaces the store)"
-        )
-    else:
-        resume = by_syntax(f"train(*resume_config({store!r}))", f"infoshape train --resume {store}")
-        fix = f"continue the run with {resume}"
-    return RunInterrupted(
-        f"training was interrupted in epoch {min(kept + 1, config.epochs)} of {config.epochs}; "
-        + done,
-        epochs_kept=kept if store is not None else 0,
-        store=store,
-        fix=fix,
-    )
-
-
 # ------------------------------------------------------------------ loop
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train ``config.model`` on ``config.dataset`` through a :class:`~infoshape.Session`.
 
     With a store, a checkpoint (model, optimizer, random generators, session and plugin
     state) is written beside it at each epoch end, after the store is flushed
-    (:mod:`infoshape.checkpoint`). With ``resume``, training continues from the last
+    (:mod:`infoshape.store.checkpoint`). With ``resume``, training continues from the last
     complete epoch of the run in ``config.store``: the store is reopened and appended,
     rows of a partial epoch dropped, so every epoch and step is stored exactly once,
     and the resumed epochs draw the same batches as an uninterrupted run.
@@ -690,7 +299,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     model.to(device)
     taps = config.taps if config.taps is not None else tuple(getattr(model, "default_taps", ()))
     config = attrs.evolve(config, taps=taps)
-    checkpoint = _resume_state(config) if resume else None
+    checkpoint = resume_state(config) if resume else None
     probe = _probe_set(test_set, config.probe_size, config.seed) if config.probe else None
     loader = DataLoader(
         _Indexed(train_set),
@@ -737,10 +346,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 metrics.update(s.epoch_end(probe=probe))
                 history.append(metrics)
                 if config.store is not None:
-                    _save_checkpoint(s, config, optimizer, loader, history)
+                    save_run(s, config, optimizer, loader, history)
                     kept = s.epoch
     except KeyboardInterrupt as err:  # the session closed the store as "interrupted"
-        raise _interrupted(config, kept) from err
+        raise interrupted(config, kept) from err
     last = history[-1]
     return TrainResult(
         train_accuracy=last["train.accuracy"],

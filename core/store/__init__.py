@@ -10,7 +10,9 @@ Layout (DESIGN.md, "The activation store")::
 
 The modules, in the order a write goes through them:
 
+- :mod:`~infoshape.store.manifest`: the run manifest written to the root attrs.
 - :mod:`~infoshape.store.guard`: what a new store may replace (only infoshape's own).
+- :mod:`~infoshape.store.taps`: which tapped captures go to the store, and when.
 - :mod:`~infoshape.store.run_store`: :class:`RunStore`, the writer of one run (probe set,
   metrics, resume, close).
 - :mod:`~infoshape.store.streams`: the stream group (training batches) and the
@@ -21,6 +23,7 @@ The modules, in the order a write goes through them:
 - :mod:`~infoshape.store.chunks`: the zarr chunk-file writes and resizes.
 - :mod:`~infoshape.store.layout`: names, dims, chunk sizes and codecs shared with the reader.
 - :mod:`~infoshape.store.read`: :func:`open_store`, the lazy ``xarray.DataTree`` reader.
+- :mod:`~infoshape.store.checkpoint`: the checkpoint beside a store, to resume a run.
 
 Crash safety: arrays grow along ``epoch``/``step`` first, data are written
 next, and the coordinate value (``epoch`` or ``step``) is written last. A row

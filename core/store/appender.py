@@ -190,7 +190,13 @@ class Appender:
                 write_chunk_file(coord, (chunk,), [buffer], atomic=True)
             done += n
 
-    def _block(self, name, array, rows, values) -> np.ndarray:
+    def _block(
+        self,
+        name: str,
+        array: zarr.Array,
+        rows: Sequence[tuple[int, Mapping[str, Any]]],
+        values: Sequence[Any],
+    ) -> np.ndarray:
         """The ``(len(rows), *shape)`` block of one variable: one copy at most.
 
         Rows that do not hold the variable stay at its fill value.

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from infoshape.errors import StoreError
+from infoshape.store.checkpoint import CHECKPOINT_SUFFIX
 from infoshape.syntax import by_syntax
 
 __all__ = ["infoshape_manifest", "prepare_store_path"]
-
-CHECKPOINT_SUFFIX = ".checkpoint.pt"  # infoshape.checkpoint.checkpoint_path's naming
 
 
 def infoshape_manifest(path: str | Path) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import datetime as _dt
 import logging
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,11 @@ log = logging.getLogger("infoshape.store")
 
 
 class RunStore:
-    """The writer of one run's store (a :class:`~infoshape.hookspecs.MetricSink` too).
+    """The writer of one run's store: metric rows from the session's emitter, tapped captures.
+
+    The session reaches it in this one role: :class:`~infoshape.metrics.Emitter` writes the
+    metric rows (:meth:`write`), :class:`~infoshape.store.taps.TapWriter` the probe and
+    stream captures; it is not among the session's metric sinks.
 
     Every write is queued to one background thread; the queue is bounded, so a
     slow disk applies back-pressure to training instead of growing memory: training
@@ -174,7 +178,7 @@ class RunStore:
         assert isinstance(group, zarr.Group)
         return group
 
-    def _submit(self, job) -> None:
+    def _submit(self, job: Callable[[], object]) -> None:
         """Queue ``job`` on the writer thread (:meth:`WriterThread.submit`)."""
         self._writer.submit(job)
 
@@ -227,7 +231,15 @@ class RunStore:
                 fix="pass the same probe=(x, y) to every epoch_end",
             )
 
-    def _create_probe(self, arrays, labels, sample, split, taps, inputs) -> Appender:
+    def _create_probe(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        labels: np.ndarray,
+        sample: np.ndarray,
+        split: str,
+        taps: Mapping[str, tuple[str, str]],
+        inputs: np.ndarray | None,
+    ) -> Appender:
         group = self._group("probe")
         n = labels.shape[0]
         group.create_array("sample", data=sample, dimension_names=("sample",))
@@ -274,7 +286,7 @@ class RunStore:
 
     # ------------------------------------------------------------ metrics
     def write(self, stage: str, index: int, metrics: Mapping[str, Any]) -> None:
-        """Queue the metrics of step or epoch ``index`` (the :class:`MetricSink` method).
+        """Queue the metrics of step or epoch ``index`` (one row, from the session's emitter).
 
         Step metrics are gathered here and queued as one block every ``flush_steps``
         steps, so a fast training loop does not fill the queue with tiny writes.

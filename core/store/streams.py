@@ -134,7 +134,7 @@ class StreamWriter:
         if pending:
             self._submit(lambda: self._add_stream_rows(pending))
 
-    def _add_stream_rows(self, pending) -> None:
+    def _add_stream_rows(self, pending: list[tuple[Any, ...]]) -> None:
         for step, arrays, label_array, index_array, budgets in pending:
             if self.appender is None:
                 self.appender = self._create_stream(arrays, budgets)
@@ -156,7 +156,9 @@ class StreamWriter:
             budget = self._budgets[name] = StreamBudget(name, tap, module=module, point=point)
         return budget
 
-    def _create_stream(self, arrays, budgets) -> Appender:
+    def _create_stream(
+        self, arrays: Mapping[str, np.ndarray], budgets: Mapping[str, StreamBudget]
+    ) -> Appender:
         group = self.group()
         width = next(iter(arrays.values())).shape[0]
         group.create_array("sample", data=np.arange(width), dimension_names=("sample",))
@@ -234,7 +236,9 @@ class StreamWriter:
         if samples:
             self._submit(lambda: self._append_reservoirs(epoch, samples))
 
-    def _append_reservoirs(self, epoch: int, samples) -> None:
+    def _append_reservoirs(
+        self, epoch: int, samples: Mapping[str, tuple[StreamBudget, Any]]
+    ) -> None:
         """Write one epoch's reservoirs: ``stream/<tap>`` over ``(epoch, <tap>_sample, ...)``."""
         group = self.group()
         if self.reservoir is None:  # a resumed run reopens its reservoir rows

@@ -24,10 +24,8 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _torch_module
 
-from infoshape.capture import Tap
-from infoshape.hookspecs import MetricSink
+from infoshape.hooks import return_types
 from infoshape.objective import Penalty
-from infoshape.registry import DatasetSpec, Estimator
 
 __all__ = [
     "RecordingSink",
@@ -42,19 +40,6 @@ __all__ = [
     "snapshot_state",
 ]
 
-_LIST_HOOKS: dict[str, type] = {
-    "infoshape_taps": Tap,
-    "infoshape_penalty": Penalty,
-    "infoshape_estimators": Estimator,
-    "infoshape_datasets": DatasetSpec,
-    "infoshape_sinks": MetricSink,
-}
-_NONE_HOOKS = (
-    "infoshape_configure",
-    "infoshape_step_end",
-    "infoshape_epoch_end",
-    "infoshape_session_end",
-)
 _HOOK_ATTRS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 60
@@ -111,26 +96,26 @@ def result_problems(hook: str, result: Any, stage: Any = None) -> list[str]:
         result: what one plugin returned (``None`` results are never passed).
         stage: the ``stage`` argument of ``infoshape_metrics`` (for messages).
     """
-    if hook in _NONE_HOOKS:
-        return [f"{hook} returned {_describe(result)}; it should return None"]
-    if hook == "infoshape_wrap_model":
-        if isinstance(result, nn.Module):
-            return []
-        return [f"{hook} returned {_describe(result)}; expected an nn.Module or None"]
-    if hook == "infoshape_objective":
-        return _scalar_problems(f"{hook}'s loss", result)
+    returns = return_types().get(hook)
+    if returns is None:
+        return []
     if hook == "infoshape_metrics":
         return _metrics_problems(result, stage)
-    kind = _LIST_HOOKS.get(hook)
-    if kind is None:
-        return []
-    if not isinstance(result, (list, tuple)):
-        return [f"{hook} returned {_describe(result)}; expected a list of {kind.__name__}"]
-    problems = [
-        f"{hook} returned an item {_describe(item)}; expected a list of {kind.__name__}"
-        for item in result
-        if not isinstance(item, kind)
-    ]
+    if returns.kind == "nothing":
+        return [f"{hook} returned {_describe(result)}; it should return None"]
+    expected = returns.describe()
+    if returns.kind == "items" and isinstance(result, (list, tuple)):
+        problems = [
+            f"{hook} returned an item {_describe(item)}; expected {expected}"
+            for item in result
+            if returns.mismatch([item]) is not None
+        ]
+    elif returns.mismatch(result) is not None:
+        return [f"{hook} returned {_describe(result)}; expected {expected}"]
+    else:
+        problems = []
+    if hook == "infoshape_objective":
+        return _scalar_problems(f"{hook}'s loss", result)
     if hook == "infoshape_penalty":
         for penalty in result:
             if isinstance(penalty, Penalty):

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import types
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infoshape.errors import ConfigError, PluginLoadError
+from infoshape.hooks import Observer
 from infoshape.objective import Penalty
 from infoshape.options import build_config
 from infoshape.plugin_manager import (
@@ -76,17 +77,14 @@ def small_mlp(
     return nn.Sequential(OrderedDict(layers))
 
 
-class _RecordingSession(Session):
-    """A session that records every hook result (hook, plugin, result, stage)."""
+def _recorder(records: list[tuple[str, Any, Any]]) -> Observer:
+    """A hook observer keeping ``(hook, result, stage)`` of every result that is not None."""
 
-    def __init__(self, *args: Any, records: list[tuple[str, Any, Any]], **kwargs: Any) -> None:
-        self._records = records
-        super().__init__(*args, **kwargs)
+    def record(plugin: str, hook: str, kwargs: Mapping[str, Any], result: Any) -> None:
+        if result is not None:
+            records.append((hook, result, kwargs.get("stage")))
 
-    def _call_each(self, hook: str, *args: Any, **kwargs: Any) -> list[tuple[str, Any]]:
-        results = super()._call_each(hook, *args, **kwargs)
-        self._records.extend((hook, result, kwargs.get("stage")) for _, result in results)
-        return results
+    return record
 
 
 class _Injected(Exception):
@@ -196,15 +194,20 @@ class PluginTester:
             torch.manual_seed(self.seed)
             return small_mlp(self._input_shape, self._n_classes)
 
-    def _session(self, model: nn.Module, records: list | None = None, sinks=()) -> Session:
-        return _RecordingSession(
+    def _session(
+        self,
+        model: nn.Module,
+        records: list[tuple[str, Any, Any]] | None = None,
+        sinks: Sequence[RecordingSink] = (),
+    ) -> Session:
+        return Session(
             model,
             plugins=[self.plugin],
             options={self.name: self.options} if self.options else None,
             n_train=len(self._batches) * len(self._batches[0][1]),
             seed=self.seed,
             sinks=sinks,
-            records=records if records is not None else [],
+            observers=[_recorder(records)] if records is not None else (),
         )
 
     def _drive(self, session: Session) -> Iterator[None]:

@@ -26,8 +26,8 @@ import torch
 import infoshape
 from infoshape.apps.cli import main
 from infoshape.apps.trainer import TrainConfig, train
-from infoshape.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from infoshape.store import RunStore
+from infoshape.store.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 
 KILLER = '''
     """A test plugin: counts steps; SIGKILLs its process once at a chosen point."""

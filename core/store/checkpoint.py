@@ -128,7 +128,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # unpickling errors have many types
         raise StoreError(
             f"cannot read the checkpoint {path}",
-            expected="a file written by infoshape.checkpoint.save_checkpoint",
+            expected="a file written by infoshape.store.checkpoint.save_checkpoint",
             got=f"{type(err).__name__}: {err}",
             fix=_afresh(),
         ) from err

@@ -1,0 +1,152 @@
+"""The ``infoshape train`` command: its flags, merged with a config file, and its run.
+
+The loop itself is :func:`infoshape.apps.trainer.train`; the flags it shares with
+``infoshape sweep`` are :func:`infoshape.apps.flags.add_run_flags`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from infoshape.apps.flags import RUN_FLAG_KEYS, add_run_flags, option_tables, read_config_file
+
+__all__ = ["EPILOG", "add_parser", "run", "train_settings"]
+
+EPILOG = """\
+examples:
+  infoshape train                                   # mlp on the embedded digits, 10 epochs
+  infoshape train --model cnn --epochs 5 --csv runs/cnn.csv
+  infoshape train --dataset mnist --data-root ~/data --model cnn --device cuda
+  infoshape train --plugin csv --option csv.path="m.csv" --tap 'fc*' --overwrite
+  infoshape train --model mlp --model-option hidden=[128,64] --no-probe
+  infoshape train --config run.toml --epochs 3      # flags override the file
+  infoshape train --resume runs/a.zarr              # continue a killed run
+  infoshape train --resume runs/a.zarr --epochs 20  # train a finished run longer
+
+config file (TOML): top-level keys are the flag names with underscores
+  model = "cnn"          dataset = "digits"      epochs = 5       lr = 0.001
+  plugins = ["csv"]      taps = ["relu1"]        probe = true     store = "runs/a.zarr"
+  [model_options]        hidden = [128, 64]
+  [options.csv]          path = "runs/a.csv"
+On the command line, scalar flags replace the file's value, --plugin and --tap
+replace its lists, --option and --model-option set single keys of its tables.
+`store = false` in the file (or --no-store) writes no store.
+
+open the store:
+  import xarray; tree = xarray.open_datatree("runs/digits-mlp.zarr", engine="zarr")
+"""
+
+
+def add_parser(commands: Any, formatter: Any) -> None:
+    """Add the ``train`` subcommand to the ``infoshape`` parser's ``commands``."""
+    p = commands.add_parser(
+        "train",
+        help="train a zoo model on a registered data set, capturing and storing taps",
+        description="Train a zoo model on a registered data set through an infoshape "
+        "Session: enabled plugins add penalties and metrics, and the probe set's taps are "
+        "stored at each epoch end in a zarr store that xarray opens.",
+        epilog=EPILOG,
+        formatter_class=formatter,
+    )
+    add = p.add_argument
+    add("--config", metavar="FILE.toml", help="read settings from a TOML file (flags override)")
+    add_run_flags(p)
+    add("--optimizer", choices=["adam", "sgd"], help="adam (default) or sgd (no momentum)")
+    add("--seed", type=int, metavar="N", help="seed of torch, numpy, shuffling, probe (default 0)")
+    add("--plugin", action="append", metavar="NAME", dest="plugins",
+        help="enable a plugin (repeatable; `infoshape plugins` lists them)")  # fmt: skip
+    add("--store", metavar="PATH", help="zarr store to write (default runs/<dataset>-<model>.zarr)")
+    add("--no-store", action="store_true", help="write no store")
+    add("--overwrite", action="store_const", const=True, help="replace an existing store")
+    add(
+        "--resume",
+        metavar="STORE",
+        help="continue the run in STORE from its last complete epoch (its settings are "
+        "reused; --epochs N trains it longer; with --overwrite, changed settings start "
+        "a new run there instead of being refused)",
+    )
+    add("--no-probe", action="store_const", const=False, dest="probe",
+        help="pass no probe set at epoch ends (so no taps are stored)")  # fmt: skip
+    add("--probe-size", type=int, metavar="N", help="at most N test samples probed (default 1000)")
+    add(
+        "--tap",
+        action="append",
+        metavar="MODULE",
+        dest="taps",
+        help="store this module's output for the probe set (name or glob; repeatable; "
+        "default: the model's default taps)",
+    )
+    add("--csv", metavar="PATH", help="enable the csv plugin, writing metrics to PATH")
+    add("--tensorboard", metavar="DIR", help="enable the tensorboard plugin, logging to DIR")
+    add("--no-progress", action="store_const", const=False, dest="progress",
+        help="no progress bar (there is none when stderr is not a terminal)")  # fmt: skip
+    p.set_defaults(run=run)
+
+
+_FLAG_KEYS = (
+    *RUN_FLAG_KEYS, "optimizer", "seed", "store", "overwrite", "probe", "probe_size", "taps",
+    "plugins", "progress",
+)  # fmt: skip
+
+
+def _merged(table: Any, additions: dict[str, Any], nested: bool = False) -> Any:
+    """``table`` (from the file) with ``additions`` (from flags) set key by key."""
+    if not isinstance(table, dict):
+        return table  # left for TrainConfig to refuse with its message
+    merged = dict(table)
+    for key, value in additions.items():
+        inner = merged.get(key)
+        merged[key] = {**inner, **value} if nested and isinstance(inner, dict) else value
+    return merged
+
+
+def train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge the config file (if any) and the ``train`` flags into one dict; flags win."""
+    settings = read_config_file(args.config) if args.config else {}
+    for key in _FLAG_KEYS:
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    if args.no_store:
+        settings["store"] = None
+    plugins = settings.get("plugins", [])
+    plugins = list(plugins) if isinstance(plugins, list | tuple) else plugins  # "x": refused
+    options, model_options = option_tables(args)
+    for plugin, key, value in (
+        ("csv", "path", args.csv),
+        ("tensorboard", "log_dir", args.tensorboard),
+    ):
+        if value is not None:
+            plugins += [] if plugin in plugins or not isinstance(plugins, list) else [plugin]
+            options.setdefault(plugin, {})[key] = value
+    if plugins or "plugins" in settings:
+        settings["plugins"] = plugins
+    if options:
+        settings["options"] = _merged(settings.get("options", {}), options, nested=True)
+    if model_options:
+        settings["model_options"] = _merged(settings.get("model_options", {}), model_options)
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``infoshape train``: train (or resume) the run the flags describe."""
+    from infoshape.apps.trainer import TrainConfig, resume_config, train
+
+    if args.resume:
+        config, resume = resume_config(args.resume, train_settings(args))
+    else:
+        config, resume = TrainConfig.from_mapping(train_settings(args)), False
+    result = train(config, resume=resume)
+    print(
+        f"trained {config.model} on {config.dataset} for {config.epochs} epochs "
+        f"in {result.elapsed_s:.1f} s" + (" (resumed)" if resume else "")
+    )
+    print(f"  train accuracy {result.train_accuracy:.4f}   loss {result.train_loss:.4f}")
+    print(f"  test accuracy  {result.test_accuracy:.4f}   loss {result.test_loss:.4f}")
+    if result.store is not None:
+        print(f"  store          {result.store}")
+        print(
+            f'  open it with   import xarray; xarray.open_datatree("{result.store}", engine="zarr")'
+        )
+    return 0
