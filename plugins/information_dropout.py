@@ -54,6 +54,7 @@ from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import full_precision
 from infoshape.objective import Penalty
+from infoshape.options import non_negative, one_of, positive
 from infoshape.store.layout import tap_dims
 from infoshape.syntax import by_syntax, option_syntax
 
@@ -131,12 +132,10 @@ class InformationDropoutConfig:
     """
 
     layers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    beta: float = attrs.field(default=3.0, validator=attrs.validators.ge(0))
-    alpha_min: float = attrs.field(default=0.001, validator=attrs.validators.gt(0))
-    alpha_max: float = attrs.field(default=0.7, validator=attrs.validators.gt(0))
-    prior: Prior = attrs.field(
-        default="log_uniform", validator=attrs.validators.in_(("log_uniform", "log_normal"))
-    )
+    beta: float = attrs.field(default=3.0, validator=non_negative())
+    alpha_min: float = attrs.field(default=0.001, validator=positive())
+    alpha_max: float = attrs.field(default=0.7, validator=positive())
+    prior: Prior = attrs.field(default="log_uniform", validator=one_of("log_uniform", "log_normal"))
     kl_map: bool = True
     init_seed: int | None = None
 

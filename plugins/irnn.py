@@ -48,6 +48,7 @@ from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import full_precision, require_class_labels
 from infoshape.objective import Penalty
+from infoshape.options import at_least, non_negative, one_of, positive
 
 __all__ = [
     "IRNN",
@@ -233,14 +234,14 @@ class IRNNConfig:
         batch_metrics: also emit ``irnn.batch.{I_X_Yhat, I_Y_Yhat, constrain}`` per step.
     """
 
-    alpha1: float = attrs.field(default=1e-4, validator=attrs.validators.ge(0))
-    alpha2: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
-    l1_every: int = attrs.field(default=30, validator=attrs.validators.ge(1))
+    alpha1: float = attrs.field(default=1e-4, validator=non_negative())
+    alpha2: float = attrs.field(default=0.01, validator=non_negative())
+    l1_every: int = attrs.field(default=30, validator=at_least(1))
     mode: Literal["irnn", "naive", "l2_logit"] = attrs.field(
-        default="irnn", converter=_mode, validator=attrs.validators.in_(("irnn", "naive"))
+        default="irnn", converter=_mode, validator=one_of("irnn", "naive")
     )
     classifier: str | None = None
-    zero_tol: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
+    zero_tol: float = attrs.field(default=1e-3, validator=positive())
     batch_metrics: bool = False
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from infoshape.errors import ConfigError, TapError
 from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
-from infoshape.options import with_defaults
+from infoshape.options import non_negative, with_defaults
 
 __all__ = [
     "L1W",
@@ -128,7 +128,7 @@ class WeightDecayConfig:
         biases: also penalize 1-D parameters (biases, normalization scales and shifts).
     """
 
-    coefficient: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
+    coefficient: float = attrs.field(default=0.01, validator=non_negative())
     modules: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     biases: bool = False
 

@@ -64,7 +64,7 @@ from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError, TapError
 from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
-from infoshape.options import with_defaults
+from infoshape.options import non_negative, one_of, positive, with_defaults
 from infoshape.plugins.choi_rhee.functional import cr, cw_cr, cw_rr, cw_vr, l1r, rr, vr
 
 __all__ = [
@@ -127,11 +127,11 @@ class RegularizerConfig:
             are samples) or ``"flatten"`` (every entry of ``C × ...`` is a unit).
     """
 
-    coefficient: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
+    coefficient: float = attrs.field(default=0.01, validator=non_negative())
     normalize: bool = True
     layers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     conv_units: Literal["channels", "flatten"] = attrs.field(
-        default="channels", validator=attrs.validators.in_(("channels", "flatten"))
+        default="channels", validator=one_of("channels", "flatten")
     )
 
 
@@ -143,9 +143,7 @@ class ClassWiseConfig(RegularizerConfig):
         n_classes: the number of classes ``C``; ``None``: the model output's width.
     """
 
-    n_classes: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
-    )
+    n_classes: int | None = attrs.field(default=None, validator=positive(optional=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -156,9 +154,7 @@ class L1RConfig(RegularizerConfig):
         reduction: ``"sum"`` over the batch (the paper) or ``"mean"`` over the batch.
     """
 
-    reduction: Literal["sum", "mean"] = attrs.field(
-        default="sum", validator=attrs.validators.in_(("sum", "mean"))
-    )
+    reduction: Literal["sum", "mean"] = attrs.field(default="sum", validator=one_of("sum", "mean"))
 
 
 class _Regularizer(abc.ABC):

@@ -17,6 +17,7 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
+from infoshape.options import one_of
 from infoshape.plugins.shade.functional import _unit_layout
 from infoshape.syntax import option_syntax
 
@@ -124,7 +125,7 @@ class ShadeBinaryConfig:
 
     layers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     gradient: Literal["none", "straight_through"] = attrs.field(
-        default="none", validator=attrs.validators.in_(("none", "straight_through"))
+        default="none", validator=one_of("none", "straight_through")
     )
     channel_dim: int = 1
     restore: bool = True

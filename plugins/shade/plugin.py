@@ -61,18 +61,11 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
+from infoshape.options import in_range, non_negative, one_of
 from infoshape.plugins.shade.averages import ShadeAverages
 from infoshape.plugins.shade.functional import P_Z, PZ, _omega, _unit_layout
 
 __all__ = ["Shade", "ShadeConfig"]
-
-
-def _decay(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"{attribute.name} must be in [0, 1)\n  expected: 0 <= decay < 1\n  got: {value!r}\n"
-            "  fix: use the paper's 0.8"
-        )
 
 
 @attrs.frozen(kw_only=True)
@@ -93,10 +86,10 @@ class ShadeConfig:
             instead of their sum ``shade``.
     """
 
-    beta: float = attrs.field(default=1e-3, validator=attrs.validators.ge(0))
+    beta: float = attrs.field(default=1e-3, validator=non_negative())
     layers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    p_z: PZ = attrs.field(default="exp", validator=attrs.validators.in_(P_Z))
-    decay: float = attrs.field(default=0.8, validator=_decay)
+    p_z: PZ = attrs.field(default="exp", validator=one_of(*P_Z))
+    decay: float = attrs.field(default=0.8, validator=in_range(0.0, 1.0, example=0.8))
     channel_dim: int = 1
     per_layer: bool = False
 
