@@ -49,6 +49,7 @@ _LAZY = {
     "Tap": "infoshape.capture",
     "hookimpl": "infoshape.hookspecs",
     "Penalty": "infoshape.objective",
+    "Plugin": "infoshape.plugin",
     "build_plugin_manager": "infoshape.plugin_manager",
     "Probe": "infoshape.probe",
     "DatasetSpec": "infoshape.registry",
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from infoshape.capture import Tap
     from infoshape.hookspecs import hookimpl
     from infoshape.objective import Penalty
+    from infoshape.plugin import Plugin
     from infoshape.plugin_manager import build_plugin_manager
     from infoshape.probe import Probe
     from infoshape.registry import (
@@ -147,6 +149,7 @@ __all__ = [
     "InfoshapeWarning",
     "NonFiniteError",
     "Penalty",
+    "Plugin",
     "PluginError",
     "PluginHookError",
     "PluginLoadError",

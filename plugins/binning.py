@@ -31,9 +31,9 @@ import attrs
 import torch
 
 from infoshape.errors import ConfigError, EstimatorAssumptionWarning
-from infoshape.estimator_plugin import EstimatorPlugin
 from infoshape.math.linalg import as_samples, nonempty_samples, require_finite
 from infoshape.options import positive, satisfies
+from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
 
 __all__ = [

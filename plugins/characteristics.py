@@ -47,6 +47,7 @@ from infoshape.errors import ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import nonempty_samples
 from infoshape.options import non_negative, one_of, positive, satisfies
+from infoshape.plugin import Plugin
 from infoshape.plugins.kl_pairwise import mi_tx, mi_ty
 from infoshape.syntax import option_syntax
 
@@ -266,20 +267,15 @@ class CharacteristicsConfig:
     )
 
 
-class Characteristics:
+class Characteristics(Plugin):
     """Emit ``characteristics.<capture>.<name>`` on the probe set at each epoch end."""
 
     name = "characteristics"
     Config = CharacteristicsConfig
 
     def __init__(self) -> None:
-        self.config = CharacteristicsConfig()
+        super().__init__()
         self.taps: list[Tap] = []
-
-    @hookimpl
-    def infoshape_configure(self, config: CharacteristicsConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @hookimpl
     def infoshape_taps(self, session: Any) -> list[Tap]:

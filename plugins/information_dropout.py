@@ -55,6 +55,7 @@ from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import full_precision
 from infoshape.objective import Penalty
 from infoshape.options import non_negative, one_of, positive
+from infoshape.plugin import Plugin
 from infoshape.store.layout import tap_dims
 from infoshape.syntax import by_syntax, option_syntax
 
@@ -220,7 +221,7 @@ def _alpha_layer(model: nn.Module, name: str, module: nn.Module) -> tuple[nn.Mod
     )
 
 
-class InformationDropout:
+class InformationDropout(Plugin):
     """Insert Information Dropout after chosen layers and add ``β·Σ KL / N_train`` to the loss."""
 
     name = "information_dropout"
@@ -228,7 +229,7 @@ class InformationDropout:
     Config = InformationDropoutConfig
 
     def __init__(self) -> None:
-        self.config = InformationDropoutConfig()
+        super().__init__()
         self.layers: dict[str, InformationDropoutLayer] = {}
         self.taps: dict[str, Tap] = {}
         self._restore: list[tuple[nn.Module, Any]] = []
@@ -248,7 +249,7 @@ class InformationDropout:
                     "infoshape train sets it; report this as a bug",
                 ),
             )
-        self.config = config
+        super().infoshape_configure(config=config, session=session)
 
     def _selected(self, model: nn.Module) -> list[str]:
         if self.config.layers:

@@ -49,6 +49,7 @@ from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import full_precision, require_class_labels
 from infoshape.objective import Penalty
 from infoshape.options import at_least, non_negative, one_of, positive
+from infoshape.plugin import Plugin
 
 __all__ = [
     "IRNN",
@@ -245,7 +246,7 @@ class IRNNConfig:
     batch_metrics: bool = False
 
 
-class IRNN:
+class IRNN(Plugin):
     """Add the IRNN penalties (Eq. 7) and emit the constrain diagnostics (module docstring)."""
 
     name = "irnn"
@@ -253,14 +254,9 @@ class IRNN:
     Config = IRNNConfig
 
     def __init__(self) -> None:
-        self.config = IRNNConfig()
+        super().__init__()
         self.tap: Tap | None = None
         self.linear: nn.Linear | None = None
-
-    @hookimpl
-    def infoshape_configure(self, config: IRNNConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @hookimpl
     def infoshape_taps(self, session: Any) -> list[Tap]:

@@ -36,7 +36,6 @@ import attrs
 import torch
 
 from infoshape.errors import ConfigError, EstimatorAssumptionWarning
-from infoshape.estimator_plugin import EstimatorPlugin
 from infoshape.math.linalg import (
     class_conditional,
     nonempty_samples,
@@ -45,6 +44,7 @@ from infoshape.math.linalg import (
     require_finite,
 )
 from infoshape.options import one_of, positive
+from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
 
 __all__ = [

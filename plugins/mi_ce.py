@@ -62,6 +62,7 @@ from infoshape.math.matrix_entropy import (
 )
 from infoshape.objective import cross_entropy
 from infoshape.options import at_least, in_range, one_of, positive, satisfies
+from infoshape.plugin import Plugin
 
 __all__ = [
     "MICE",
@@ -246,7 +247,7 @@ class MICEConfig:
     probe_chunk: int = attrs.field(default=256, validator=at_least(2))
 
 
-class MICE:
+class MICE(Plugin):
     """Supply eq. 7 as the objective; emit the DPI and saturation diagnostics per epoch.
 
     State (saved by ``infoshape_state_dict``): the width of the current epoch, the epoch's
@@ -258,7 +259,7 @@ class MICE:
     Config = MICEConfig
 
     def __init__(self) -> None:
-        self.config = MICEConfig()
+        super().__init__()
         self.input_tap: Tap | None = None
         self.sigma: float | None = None  # the width chosen on the previous epoch
         self.average = SigmaAverage(decay=0.0)
@@ -268,8 +269,8 @@ class MICE:
 
     @hookimpl
     def infoshape_configure(self, config: MICEConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
+        """Keep the validated options; the width average takes their ``sigma_decay``."""
+        super().infoshape_configure(config)
         self.average = SigmaAverage(decay=config.sigma_decay)
 
     @hookimpl

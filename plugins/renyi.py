@@ -39,6 +39,7 @@ from infoshape.math.matrix_entropy import (
     silverman_sigma,
 )
 from infoshape.options import at_least, one_of, positive
+from infoshape.plugin import Plugin
 from infoshape.registry import Estimator
 
 __all__ = [
@@ -95,7 +96,7 @@ class RenyiConfig:
     method: Method = attrs.field(default="auto", validator=one_of("auto", "exact", "lanczos"))
 
 
-class Renyi:
+class Renyi(Plugin):
     """Emit ``renyi.<capture>.{sigma, H_T, I_TY, I_XT}`` on the probe set at each epoch end.
 
     ``I_XT`` needs ``input_module``. Registers the ``renyi`` estimator
@@ -106,15 +107,10 @@ class Renyi:
     Config = RenyiConfig
 
     def __init__(self) -> None:
-        self.config = RenyiConfig()
+        super().__init__()
         self.taps: list[Tap] = []
         self.input_tap: Tap | None = None
         self.averages: dict[str, SigmaAverage] = {}
-
-    @hookimpl
-    def infoshape_configure(self, config: RenyiConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @hookimpl
     def infoshape_taps(self) -> list[Tap]:

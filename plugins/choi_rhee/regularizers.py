@@ -65,6 +65,7 @@ from infoshape.errors import CaptureError, ConfigError, TapError
 from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
 from infoshape.options import non_negative, one_of, positive, with_defaults
+from infoshape.plugin import Plugin
 from infoshape.plugins.choi_rhee.functional import cr, cw_cr, cw_rr, cw_vr, l1r, rr, vr
 
 __all__ = [
@@ -157,7 +158,7 @@ class L1RConfig(RegularizerConfig):
     reduction: Literal["sum", "mean"] = attrs.field(default="sum", validator=one_of("sum", "mean"))
 
 
-class _Regularizer(abc.ABC):
+class _Regularizer(Plugin, abc.ABC):
     """Tap ``layers``; add ``coefficient · function(Z)`` per tapped layer to the loss."""
 
     name: ClassVar[str]
@@ -165,13 +166,8 @@ class _Regularizer(abc.ABC):
     weight_option: ClassVar[str] = "coefficient"
 
     def __init__(self) -> None:
-        self.config = self.Config()
+        super().__init__()
         self.taps: list[Tap] = []
-
-    @hookimpl
-    def infoshape_configure(self, config: Any) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @hookimpl
     def infoshape_taps(self, session: Any) -> list[Tap]:

@@ -18,6 +18,7 @@ from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.options import one_of
+from infoshape.plugin import Plugin
 from infoshape.plugins.shade.functional import _unit_layout
 from infoshape.syntax import option_syntax
 
@@ -131,7 +132,7 @@ class ShadeBinaryConfig:
     restore: bool = True
 
 
-class ShadeBinary:
+class ShadeBinary(Plugin):
     """Replace chosen ReLUs by ``ȳ⁺ 1(y ≥ ȳ⁺)`` for fine-tuning (SHADE §4.4, Table 2).
 
     Through ``infoshape_wrap_model`` the modules named by ``layers`` are swapped in place
@@ -147,12 +148,12 @@ class ShadeBinary:
     Config = ShadeBinaryConfig
 
     def __init__(self) -> None:
-        self.config = ShadeBinaryConfig()
+        super().__init__()
         self.replaced: dict[str, tuple[nn.Module, str, nn.Module, BinaryActivation]] = {}
         self.taps: list[Tap] = []
 
     @hookimpl
-    def infoshape_configure(self, config: ShadeBinaryConfig) -> None:
+    def infoshape_configure(self, session: Any, config: ShadeBinaryConfig) -> None:
         """Keep the validated options; ``layers`` must name something."""
         if not config.layers:
             raise ConfigError(
@@ -161,7 +162,7 @@ class ShadeBinary:
                 got="layers=[]",
                 fix="e.g. " + option_syntax("shade_binary", "layers", ["relu2"]),
             )
-        self.config = config
+        super().infoshape_configure(config=config, session=session)
 
     @hookimpl
     def infoshape_wrap_model(self, model: nn.Module) -> None:

@@ -62,6 +62,7 @@ from infoshape.capture import Tap
 from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
 from infoshape.options import in_range, non_negative, one_of
+from infoshape.plugin import Plugin
 from infoshape.plugins.shade.averages import ShadeAverages
 from infoshape.plugins.shade.functional import P_Z, PZ, _omega, _unit_layout
 
@@ -94,7 +95,7 @@ class ShadeConfig:
     per_layer: bool = False
 
 
-class Shade:
+class Shade(Plugin):
     """Add ``β Ω`` (eq. 11) to the loss and keep Algorithm 1's moving averages per unit.
 
     Penalty ``shade`` (or ``shade.<module>`` with ``per_layer``). Epoch metrics, per
@@ -112,16 +113,11 @@ class Shade:
     Config = ShadeConfig
 
     def __init__(self) -> None:
-        self.config = ShadeConfig()
+        super().__init__()
         self.taps: list[Tap] = []
         self.averages: dict[str, ShadeAverages] = {}
         self._modules: dict[str, str] = {}  # capture name -> module name
         self._pending: dict[str, torch.Tensor] = {}  # capture name -> batch means
-
-    @hookimpl
-    def infoshape_configure(self, config: ShadeConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @hookimpl
     def infoshape_taps(self, session: Any) -> list[Tap]:
