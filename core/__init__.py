@@ -46,6 +46,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 # Public names are imported on first use (PEP 562), so that `infoshape --help`
 # and `import infoshape.errors` do not pay for torch, xarray and dask.
 _LAZY = {
+    "Stream": "infoshape.capture",
     "Tap": "infoshape.capture",
     "hookimpl": "infoshape.hookspecs",
     "Penalty": "infoshape.objective",
@@ -63,7 +64,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from infoshape.capture import Tap
+    from infoshape.capture import Stream, Tap
     from infoshape.hookspecs import hookimpl
     from infoshape.objective import Penalty
     from infoshape.plugin import Plugin
@@ -158,6 +159,7 @@ __all__ = [
     "Session",
     "StoreError",
     "StoreWriteError",
+    "Stream",
     "Tap",
     "TapError",
     "UnknownNameError",

@@ -11,13 +11,13 @@ import torch
 import zarr
 
 import infoshape
-from infoshape import StoreError, Tap
+from infoshape import StoreError, Stream, Tap
 from infoshape.store import RunStore, appender, layout
 from infoshape.store import chunks as store_chunks
 
 
 def _stream(store: RunStore, steps: int, rows: int = 6, width: int = 5, every: int = 1):
-    tap = Tap("layer", store="stream", stream_every=every)
+    tap = Tap("layer", store=Stream(every=every))
     batches = [
         torch.arange(rows * width, dtype=torch.float32).reshape(rows, width) + 100 * s
         for s in range(steps)
