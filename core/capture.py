@@ -169,9 +169,7 @@ class Tap:
     """
 
     module: str | type = attrs.field(kw_only=False)
-    point: Literal["pre", "post"] = attrs.field(
-        default="post", validator=attrs.validators.in_(("pre", "post"))
-    )
+    point: Literal["pre", "post"] = attrs.field(default="post", validator=one_of("pre", "post"))
     store: bool | str | Stream | tuple[Any, ...] = attrs.field(
         default=False, validator=lambda _i, _a, value: _store_mode(value), eq=_store_mode
     )
@@ -184,8 +182,11 @@ class Tap:
     _stream_seed: int | None = _deprecated_budget("seed")
     call: int | None = attrs.field(
         default=None,
-        validator=attrs.validators.optional(
-            attrs.validators.and_(attrs.validators.instance_of(int), attrs.validators.ge(0))
+        validator=satisfies(
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "an int >= 0 (the call's index)",
+            problem="must be a call index",
+            optional=True,
         ),
     )
 

@@ -286,13 +286,13 @@ def build_config(plugin: str, config_cls: type | None, options: Mapping[str, Any
     try:
         return config_cls(**options)
     except ConfigError as err:
-        key = getattr(err, "option", None)
-        if key is not None and hasattr(err, "choices"):
-            raise _not_a_choice(plugin, key, err.value, err.choices) from err  # type: ignore[attr-defined]
+        option: str | None = getattr(err, "option", None)
+        if option is not None and hasattr(err, "choices"):
+            raise _not_a_choice(plugin, option, err.value, err.choices) from err  # type: ignore[attr-defined]
         example = getattr(err, "example", None)
         fix = err.fix
-        if key is not None and example is not None:
-            fix = f"e.g. {option_syntax(plugin, key, example)}"
+        if option is not None and example is not None:
+            fix = f"e.g. {option_syntax(plugin, option, example)}"
         raise PluginLoadError(
             plugin,
             f"an option was refused: {err.problem}",

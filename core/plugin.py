@@ -23,8 +23,9 @@ What the base gives:
 - states declared with :meth:`Plugin.add_state` (modelled on torchmetrics'
   ``Metric.add_state``): a tensor, or a dict of tensors by key (e.g. by capture name), that
   :meth:`Plugin.state_dict` returns, :meth:`Plugin.load_state_dict` restores,
-  :meth:`Plugin.reset_states` puts back to the default and :meth:`Plugin.to` moves; the
-  base's ``infoshape_state_dict`` and ``infoshape_load_state_dict`` are built from them,
+  :meth:`Plugin.reset_states` puts back to the default and :meth:`Plugin.to` moves; a
+  plugin that declares states gets ``infoshape_state_dict`` and
+  ``infoshape_load_state_dict`` hooks built from them (unless its class defines its own),
   and a restored state moves to the model's device.
 
 pluggy finds hook implementations on the base class too (it reads the instance's
@@ -127,8 +128,33 @@ class Plugin:
                 got=repr(name),
                 fix="give the state another name",
             )
+        if not self._defaults:
+            self._install_state_hooks()
         self._defaults[name] = _copy(default)
         setattr(self, name, _copy(default))
+
+    def _install_state_hooks(self) -> None:
+        """Give the instance ``infoshape_state_dict``/``infoshape_load_state_dict`` hooks.
+
+        Only a plugin with declared states has them (pluggy reads the instance's attributes
+        when the plugin is registered), and only where its class defines none of its own.
+        """
+        if not hasattr(type(self), "infoshape_state_dict"):
+
+            @hookimpl
+            def infoshape_state_dict() -> dict[str, Any] | None:
+                """The declared states (:meth:`state_dict`); ``None`` when none is set."""
+                return self.state_dict() or None
+
+            self.infoshape_state_dict = infoshape_state_dict
+        if not hasattr(type(self), "infoshape_load_state_dict"):
+
+            @hookimpl
+            def infoshape_load_state_dict(state: Mapping[str, Any]) -> None:
+                """Restore the declared states (:meth:`load_state_dict`) on the model's device."""
+                self.load_state_dict(state)
+
+            self.infoshape_load_state_dict = infoshape_load_state_dict
 
     def state_dict(self) -> dict[str, Any]:
         """Each declared state, detached copies (empty dict states left out)."""
@@ -185,16 +211,6 @@ class Plugin:
     # pluggy reads a hook's arguments from the unwrapped function and does not pass those
     # with a default: this makes it pass ``session`` while a direct call may leave it out.
     infoshape_configure.__wrapped__ = _configure  # type: ignore[attr-defined]
-
-    @hookimpl
-    def infoshape_state_dict(self) -> dict[str, Any] | None:
-        """The declared states (:meth:`state_dict`); ``None`` when there are none to save."""
-        return self.state_dict() or None
-
-    @hookimpl
-    def infoshape_load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the declared states (:meth:`load_state_dict`), on the model's device."""
-        self.load_state_dict(state)
 
 
 class EstimatorPlugin(Plugin):

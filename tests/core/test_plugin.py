@@ -83,8 +83,11 @@ def test_a_plugin_without_states_saves_nothing():
 
         name = "stateless"
 
-    with infoshape.Session(nn.Linear(2, 2), plugins=[_Stateless]) as s:
+    with infoshape.Session(nn.Linear(2, 2), plugins=[_Stateless, _Counter]) as s:
         assert "stateless" not in s.state_dict()["plugins"]
+        hooks = {name: info.hooks for name, info in s.plugins.items()}
+    assert hooks["stateless"] == ["infoshape_configure"]  # state hooks only with states
+    assert {"infoshape_state_dict", "infoshape_load_state_dict"} <= set(hooks["counter"])
 
 
 def test_reset_and_to_move_every_declared_state():
