@@ -73,10 +73,7 @@ class Stream:
     dtype: Literal["float32", "float16"] = attrs.field(
         default="float32", validator=one_of("float32", "float16")
     )
-    seed: int = attrs.field(
-        default=0,
-        validator=satisfies(lambda v: isinstance(v, int), "an int", problem="must be an int"),
-    )
+    seed: int = attrs.field(default=0, validator=satisfies(lambda v: isinstance(v, int), "an int"))
 
 
 _BUDGET_FIELDS = tuple(f.name for f in attrs.fields(Stream))
@@ -84,10 +81,8 @@ _BUDGET_FIELDS = tuple(f.name for f in attrs.fields(Stream))
 
 def _store_parts(value: Any) -> tuple[bool, Stream | None, bool]:
     """``(probe, stream budget, streamed)`` of a ``Tap.store`` value; TapError if unknown."""
-    if value is True or value == "probe":
-        return True, None, False
-    if value is False or value is None:
-        return False, None, False
+    if value is True or value == "probe" or value is False or value is None:
+        return bool(value), None, False
     if value == "stream":
         return False, None, True
     if value == "both":
@@ -98,11 +93,8 @@ def _store_parts(value: Any) -> tuple[bool, Stream | None, bool]:
         parts = [_store_parts(v) for v in value if not isinstance(v, tuple)]
         budgets = [b for _, b, _ in parts if b is not None]
         if len(parts) == len(value) and len(budgets) <= 1:
-            return (
-                any(p for p, _, _ in parts),
-                budgets[0] if budgets else None,
-                any(s for _, _, s in parts),
-            )
+            budget = budgets[0] if budgets else None
+            return any(p[0] for p in parts), budget, any(p[2] for p in parts)
     raise TapError(
         "Tap.store has an unknown value",
         expected='True, False, "probe", "stream", "both", Stream(...) or ("probe", Stream(...))',
@@ -114,9 +106,7 @@ def _store_parts(value: Any) -> tuple[bool, Stream | None, bool]:
 
 def _store_mode(value: Any) -> StoreMode | None:
     probe, _, streamed = _store_parts(value)
-    if probe and streamed:
-        return "both"
-    return "probe" if probe else "stream" if streamed else None
+    return "both" if probe and streamed else "probe" if probe else "stream" if streamed else None
 
 
 def _deprecated_budget(name: str) -> Any:
@@ -152,10 +142,8 @@ class Tap:
             With a glob matching several modules the module name is appended:
             ``"<name>.<module>"``.
         stream_every, stream_samples, stream_pool, stream_project, stream_dtype, stream_seed:
-            deprecated: the fields of :class:`Stream` under their old names
-            (``Tap(m, store="stream", stream_every=10)`` is
-            ``Tap(m, store=Stream(every=10))``); accepted with a ``DeprecationWarning``.
-            Reading ``tap.stream_every`` gives ``tap.budget.every``.
+            deprecated (``DeprecationWarning``): ``stream_every=10`` is ``store=Stream(every=10)``;
+            reading ``tap.stream_every`` gives ``tap.budget.every``.
         call: which call of a module that runs more than once per forward pass to keep
             (torchvision's ResNet blocks call one ``relu`` twice; a transformer may reuse a
             module across positions). ``None`` (default): every call, each its own
@@ -194,8 +182,7 @@ class Tap:
 
     def __attrs_post_init__(self) -> None:
         given = _store_parts(self.store)[1]
-        old = {k: getattr(self, f"_stream_{k}") for k in _BUDGET_FIELDS}
-        old = {k: v for k, v in old.items() if v is not None}
+        old = {k: v for k in _BUDGET_FIELDS if (v := getattr(self, f"_stream_{k}")) is not None}
         if old and given is not None:
             raise TapError(
                 "a tap's stream budget is given twice",
@@ -212,13 +199,6 @@ class Tap:
                 stacklevel=3,
             )
         object.__setattr__(self, "budget", given or Stream(**old))
-
-    stream_every = _budget_alias("every")
-    stream_samples = _budget_alias("samples")
-    stream_pool = _budget_alias("pool")
-    stream_project = _budget_alias("project")
-    stream_dtype = _budget_alias("dtype")
-    stream_seed = _budget_alias("seed")
 
     @property
     def store_mode(self) -> StoreMode | None:
@@ -254,6 +234,10 @@ class Tap:
                 else f"the model's modules are: {', '.join(names[:20]) or '(none)'}"
             ),
         )
+
+
+for _field in _BUDGET_FIELDS:  # reading tap.stream_every etc. still works: the budget's
+    setattr(Tap, f"stream_{_field}", _budget_alias(_field))
 
 
 @attrs.frozen
