@@ -46,7 +46,7 @@ def child(steps: int, store: Path, threads: int) -> None:
     import torch.nn.functional as F  # noqa: F401  (imported before measuring, as training would)
 
     import infoshape
-    from infoshape import Tap
+    from infoshape import Stream, Tap
     from infoshape.apps.models import build_model
 
     torch.set_num_threads(threads)
@@ -60,7 +60,7 @@ def child(steps: int, store: Path, threads: int) -> None:
     probe = (torch.randn(512, 1, 28, 28, generator=g), torch.randint(0, 10, (512,), generator=g))
     taps = [
         Tap("relu1", store="both"),
-        Tap("relu2", store="both", stream_samples=256, stream_project=64),
+        Tap("relu2", store=("probe", Stream(samples=256, project=64))),
     ]
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     samples = []

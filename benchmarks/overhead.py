@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 import infoshape
-from infoshape import Tap
+from infoshape import Stream, Tap
 from infoshape.apps.models import build_model
 
 PENALTIES = [
@@ -136,10 +136,8 @@ def make_runners(name: str, model, layer: str, plugins: list[str], folder: Path)
     runners["capture"] = Runner(None, infoshape.Session(fresh(), taps=[Tap(layer)]))
     streams = {
         "stream": Tap(layer, store="stream"),
-        "stream every=10": Tap(layer, store="stream", stream_every=10),
-        "stream project=64 float16": Tap(
-            layer, store="stream", stream_project=64, stream_dtype="float16"
-        ),
+        "stream every=10": Tap(layer, store=Stream(every=10)),
+        "stream project=64 float16": Tap(layer, store=Stream(project=64, dtype="float16")),
     }
     for label, tap in streams.items():
         path = folder / f"{name}-{label.replace(' ', '_')}.zarr"

@@ -46,9 +46,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 # Public names are imported on first use (PEP 562), so that `infoshape --help`
 # and `import infoshape.errors` do not pay for torch, xarray and dask.
 _LAZY = {
+    "Stream": "infoshape.capture",
     "Tap": "infoshape.capture",
     "hookimpl": "infoshape.hookspecs",
     "Penalty": "infoshape.objective",
+    "Plugin": "infoshape.plugin",
     "build_plugin_manager": "infoshape.plugin_manager",
     "Probe": "infoshape.probe",
     "DatasetSpec": "infoshape.registry",
@@ -62,9 +64,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from infoshape.capture import Tap
+    from infoshape.capture import Stream, Tap
     from infoshape.hookspecs import hookimpl
     from infoshape.objective import Penalty
+    from infoshape.plugin import Plugin
     from infoshape.plugin_manager import build_plugin_manager
     from infoshape.probe import Probe
     from infoshape.registry import (
@@ -148,6 +151,7 @@ __all__ = [
     "InfoshapeWarning",
     "NonFiniteError",
     "Penalty",
+    "Plugin",
     "PluginError",
     "PluginHookError",
     "PluginLoadError",
@@ -156,6 +160,7 @@ __all__ = [
     "Session",
     "StoreError",
     "StoreWriteError",
+    "Stream",
     "Tap",
     "TapError",
     "UnknownNameError",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -27,30 +28,97 @@ import torch
 from torch import nn
 
 from infoshape.errors import CaptureError, TapError, report_nonfinite
+from infoshape.options import one_of, satisfies
 
-__all__ = ["Capture", "Tap"]
+__all__ = ["Capture", "Stream", "Tap"]
 
 StoreMode = Literal["probe", "stream", "both"]
 
 
-def _store_mode(value: bool | str) -> StoreMode | None:
-    if value is True:
-        return "probe"
-    if value is False or value is None:
-        return None
-    if value in ("probe", "stream", "both"):
-        return value  # type: ignore[return-value]
-    raise TapError(
-        "Tap.store has an unknown value",
-        expected='True, False, "probe", "stream" or "both"',
-        got=repr(value),
-        fix='use store=True to keep the probe set each epoch, store="stream" for training batches',
+def _positive_int(*, optional: bool = False) -> Any:
+    return satisfies(
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "a positive int",
+        problem="must be a positive int",
+        optional=optional,
     )
 
 
-_optional_positive = attrs.validators.optional(
-    attrs.validators.and_(attrs.validators.instance_of(int), attrs.validators.gt(0))
-)
+@attrs.frozen(kw_only=True)
+class Stream:
+    """The budget of a tap stored from training batches: ``Tap(..., store=Stream(...))``.
+
+    Applied in the order every → pool → project → dtype → reservoir and recorded in the
+    stored variable's attrs (see :mod:`infoshape.store.budget`).
+
+    Args:
+        every: store every k-th step (``step % k == 0``).
+        samples: keep a uniform reservoir of this many samples per epoch (seeded by
+            ``seed``) stored as one row per epoch, ``(epoch, <name>_sample, ...)``, instead
+            of one row per step; it draws from the samples of the steps ``every`` lets
+            through. None: every sample.
+        pool: average-pool conv maps to ``s × s`` (``(N, C, H, W) -> (N, C, s, s)``, 1-D
+            maps to ``s``). None: no pooling.
+        project: project each (pooled, flattened) sample to this many dims with a fixed
+            Gaussian Johnson–Lindenstrauss matrix ``N(0, 1/m)`` drawn from ``seed`` and
+            stored once as ``stream/<name>_projection``. None: no projection.
+        dtype: storage dtype (``"float32"`` or ``"float16"``).
+        seed: seed of the reservoir and of the projection matrix.
+    """
+
+    every: int = attrs.field(default=1, validator=_positive_int())
+    samples: int | None = attrs.field(default=None, validator=_positive_int(optional=True))
+    pool: int | None = attrs.field(default=None, validator=_positive_int(optional=True))
+    project: int | None = attrs.field(default=None, validator=_positive_int(optional=True))
+    dtype: Literal["float32", "float16"] = attrs.field(
+        default="float32", validator=one_of("float32", "float16")
+    )
+    seed: int = attrs.field(default=0, validator=satisfies(lambda v: isinstance(v, int), "an int"))
+
+
+_BUDGET_FIELDS = tuple(f.name for f in attrs.fields(Stream))
+
+
+def _store_parts(value: Any) -> tuple[bool, Stream | None, bool]:
+    """``(probe, stream budget, streamed)`` of a ``Tap.store`` value; TapError if unknown."""
+    if value is True or value == "probe" or value is False or value is None:
+        return bool(value), None, False
+    if value == "stream":
+        return False, None, True
+    if value == "both":
+        return True, None, True
+    if isinstance(value, Stream):
+        return False, value, True
+    if isinstance(value, tuple) and value:
+        parts = [_store_parts(v) for v in value if not isinstance(v, tuple)]
+        budgets = [b for _, b, _ in parts if b is not None]
+        if len(parts) == len(value) and len(budgets) <= 1:
+            budget = budgets[0] if budgets else None
+            return any(p[0] for p in parts), budget, any(p[2] for p in parts)
+    raise TapError(
+        "Tap.store has an unknown value",
+        expected='True, False, "probe", "stream", "both", Stream(...) or ("probe", Stream(...))',
+        got=repr(value),
+        fix='use store=True to keep the probe set each epoch, store="stream" (or '
+        "store=Stream(every=10, ...)) for training batches",
+    )
+
+
+def _store_mode(value: Any) -> StoreMode | None:
+    probe, _, streamed = _store_parts(value)
+    return "both" if probe and streamed else "probe" if probe else "stream" if streamed else None
+
+
+def _deprecated_budget(name: str) -> Any:
+    """A ``Tap(stream_<name>=...)`` keyword kept for old code (``None``: not given)."""
+    return attrs.field(default=None, alias=f"stream_{name}", repr=False, eq=False)
+
+
+def _budget_alias(name: str) -> property:
+    return property(
+        lambda tap: getattr(tap.budget, name),
+        doc=f"``budget.{name}`` (the old spelling ``Tap.stream_{name}``).",
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -66,23 +134,16 @@ class Tap:
             ReLUs) it is a differentiable copy, so it holds the true input, not the
             module's output, and the model is left as it is.
         store: ``False``; ``True`` or ``"probe"`` to store the probe set at each epoch end;
-            ``"stream"`` to store training batches; ``"both"``.
+            ``"stream"`` to store training batches (every step, every sample), or a
+            :class:`Stream` budget to store them within it (``store=Stream(every=10,
+            samples=256, project=64)``); ``"both"`` (probe and stream) or
+            ``("probe", Stream(...))`` for both with a budget.
         name: capture name; by default the module name (``"_pre"`` appended for inputs).
             With a glob matching several modules the module name is appended:
             ``"<name>.<module>"``.
-        stream_every: with stream storage, store every k-th step (``step % k == 0``).
-        stream_samples: with stream storage, keep a uniform reservoir of this many samples
-            per epoch (seeded by ``stream_seed``) stored as one row per epoch,
-            ``(epoch, <name>_sample, ...)``, instead of one row per step; it draws from the
-            samples of the steps ``stream_every`` lets through. None: every sample.
-        stream_pool: with stream storage, average-pool conv maps to ``s × s``
-            (``(N, C, H, W) -> (N, C, s, s)``, 1-D maps to ``s``). None: no pooling.
-        stream_project: with stream storage, project each (pooled, flattened) sample to this
-            many dims with a fixed Gaussian Johnson–Lindenstrauss matrix ``N(0, 1/m)`` drawn
-            from ``stream_seed`` and stored once as ``stream/<name>_projection``. None: no
-            projection.
-        stream_dtype: storage dtype of streamed batches (``"float32"`` or ``"float16"``).
-        stream_seed: seed of the reservoir and of the projection matrix.
+        stream_every, stream_samples, stream_pool, stream_project, stream_dtype, stream_seed:
+            deprecated (``DeprecationWarning``): ``stream_every=10`` is ``store=Stream(every=10)``;
+            reading ``tap.stream_every`` gives ``tap.budget.every``.
         call: which call of a module that runs more than once per forward pass to keep
             (torchvision's ResNet blocks call one ``relu`` twice; a transformer may reuse a
             module across positions). ``None`` (default): every call, each its own
@@ -90,32 +151,54 @@ class Tap:
             is seen (a module called once keeps the plain ``"<name>"``). An int ``k``: only
             the ``k``-th call (0-based), under the plain name.
 
-    The budget is applied in the order every → pool → project → dtype → reservoir and
-    recorded in the stored variable's attrs (see :mod:`infoshape.store.budget`).
+    Attributes:
+        budget: the :class:`Stream` budget of a streamed tap (``Stream()`` when ``store``
+            names none).
     """
 
     module: str | type = attrs.field(kw_only=False)
-    point: Literal["pre", "post"] = attrs.field(
-        default="post", validator=attrs.validators.in_(("pre", "post"))
-    )
-    store: bool | str = attrs.field(
-        default=False, validator=lambda _i, _a, value: _store_mode(value)
+    point: Literal["pre", "post"] = attrs.field(default="post", validator=one_of("pre", "post"))
+    store: bool | str | Stream | tuple[Any, ...] = attrs.field(
+        default=False, validator=lambda _i, _a, value: _store_mode(value), eq=_store_mode
     )
     name: str | None = None
-    stream_every: int = attrs.field(default=1, validator=attrs.validators.gt(0))
-    stream_samples: int | None = attrs.field(default=None, validator=_optional_positive)
-    stream_pool: int | None = attrs.field(default=None, validator=_optional_positive)
-    stream_project: int | None = attrs.field(default=None, validator=_optional_positive)
-    stream_dtype: Literal["float32", "float16"] = attrs.field(
-        default="float32", validator=attrs.validators.in_(("float32", "float16"))
-    )
-    stream_seed: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
+    _stream_every: int | None = _deprecated_budget("every")
+    _stream_samples: int | None = _deprecated_budget("samples")
+    _stream_pool: int | None = _deprecated_budget("pool")
+    _stream_project: int | None = _deprecated_budget("project")
+    _stream_dtype: Literal["float32", "float16"] | None = _deprecated_budget("dtype")
+    _stream_seed: int | None = _deprecated_budget("seed")
     call: int | None = attrs.field(
         default=None,
-        validator=attrs.validators.optional(
-            attrs.validators.and_(attrs.validators.instance_of(int), attrs.validators.ge(0))
+        validator=satisfies(
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "an int >= 0 (the call's index)",
+            problem="must be a call index",
+            optional=True,
         ),
     )
+
+    budget: Stream = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        given = _store_parts(self.store)[1]
+        old = {k: v for k in _BUDGET_FIELDS if (v := getattr(self, f"_stream_{k}")) is not None}
+        if old and given is not None:
+            raise TapError(
+                "a tap's stream budget is given twice",
+                expected="store=Stream(...) alone",
+                got=f"store={self.store!r} and "
+                + ", ".join(f"stream_{k}={v!r}" for k, v in old.items()),
+                fix="move the stream_* values into the Stream(...)",
+            )
+        if old:
+            warnings.warn(
+                "Tap(stream_every=..., stream_samples=..., ...) is deprecated; pass the budget "
+                f"as store=Stream({', '.join(f'{k}={v!r}' for k, v in old.items())})",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        object.__setattr__(self, "budget", given or Stream(**old))
 
     @property
     def store_mode(self) -> StoreMode | None:
@@ -151,6 +234,10 @@ class Tap:
                 else f"the model's modules are: {', '.join(names[:20]) or '(none)'}"
             ),
         )
+
+
+for _field in _BUDGET_FIELDS:  # reading tap.stream_every etc. still works: the budget's
+    setattr(Tap, f"stream_{_field}", _budget_alias(_field))
 
 
 @attrs.frozen

@@ -4,6 +4,19 @@ Options arrive from Python (``Session(options=...)``), the CLI (``--option
 shade.beta=0.1``) or a TOML file; all three go through :func:`build_config`,
 so an unknown option or a value of the wrong type fails the same way,
 naming the plugin, the option, the expected type and the fix.
+
+The validators a ``Config`` field uses are the small factories of this module
+(:func:`positive`, :func:`non_negative`, :func:`at_least`, :func:`in_range`,
+:func:`one_of`, :func:`satisfies`): each raises :class:`~infoshape.errors.ConfigError`
+naming the option, what it expected, what it got and a fix, and :func:`build_config`
+turns that into the plugin's :class:`~infoshape.errors.PluginLoadError` with the fix
+written in the user's syntax::
+
+    @attrs.frozen(kw_only=True)
+    class Config:
+        beta: float = attrs.field(default=1e-3, validator=non_negative())
+        decay: float = attrs.field(default=0.8, validator=in_range(0.0, 1.0, example=0.8))
+        p_z: str = attrs.field(default="exp", validator=one_of("exp", "sigmoid"))
 """
 
 from __future__ import annotations
@@ -11,15 +24,159 @@ from __future__ import annotations
 import collections.abc
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
-from infoshape.errors import PluginLoadError
+from infoshape.errors import ConfigError, PluginLoadError
 from infoshape.syntax import option_syntax
 
-__all__ = ["build_config", "config_as_dict", "describe_type", "with_defaults"]
+__all__ = [
+    "at_least",
+    "build_config",
+    "config_as_dict",
+    "describe_type",
+    "in_range",
+    "non_negative",
+    "one_of",
+    "positive",
+    "satisfies",
+    "with_defaults",
+]
+
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _refusal(
+    attribute: attrs.Attribute,
+    value: Any,
+    problem: str,
+    expected: str,
+    fix: str | None = None,
+    example: Any = None,
+) -> ConfigError:
+    """A :class:`ConfigError` naming the option (``option``, ``example`` kept as attributes)."""
+    name = attribute.alias or attribute.name
+    if fix is None and example is not None:
+        fix = f"e.g. {name}={example!r}"
+    err = ConfigError(
+        f"option {name!r} {problem}",
+        expected=f"{name}: {expected}",
+        got=f"{name}={value!r}",
+        fix=fix if fix is not None else f"give {name} a value {expected}",
+    )
+    err.option, err.value, err.example = name, value, example  # type: ignore[attr-defined]
+    return err
+
+
+def satisfies(
+    predicate: Callable[[Any], bool],
+    expected: str,
+    *,
+    problem: str = "is refused",
+    fix: str | None = None,
+    example: Any = None,
+    optional: bool = False,
+) -> Validator:
+    """A validator refusing a value for which ``predicate`` is false.
+
+    Args:
+        predicate: value -> True when acceptable.
+        expected: what is accepted, in words (``"> 0"``, ``"(low, high) with low < high"``).
+        problem: what is wrong, after the option's name (``"is out of range"``).
+        fix: the fix; default ``e.g. <name>=<example>`` or ``give <name> a value <expected>``.
+        example: an acceptable value, for the fix (written in the user's syntax by
+            :func:`build_config`).
+        optional: accept ``None`` too.
+    """
+    shown = f"None or {expected}" if optional else expected
+
+    def validate(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if optional and value is None:
+            return
+        try:
+            ok = bool(predicate(value))
+        except TypeError:
+            ok = False
+        if not ok:
+            raise _refusal(attribute, value, problem, shown, fix, example)
+
+    return validate
+
+
+def positive(*, optional: bool = False, example: Any = None) -> Validator:
+    """A validator accepting numbers ``> 0`` (and ``None`` with ``optional``)."""
+    return satisfies(
+        lambda v: v > 0, "> 0", problem="must be positive", example=example, optional=optional
+    )
+
+
+def non_negative(*, optional: bool = False, example: Any = None) -> Validator:
+    """A validator accepting numbers ``>= 0`` (and ``None`` with ``optional``)."""
+    return satisfies(
+        lambda v: v >= 0, ">= 0", problem="must not be negative", example=example, optional=optional
+    )
+
+
+def at_least(bound: float, *, optional: bool = False, example: Any = None) -> Validator:
+    """A validator accepting numbers ``>= bound`` (and ``None`` with ``optional``)."""
+    return satisfies(
+        lambda v: v >= bound,
+        f">= {bound}",
+        problem=f"must be at least {bound}",
+        example=example,
+        optional=optional,
+    )
+
+
+def in_range(
+    lo: float, hi: float, *, closed: str = "[)", optional: bool = False, example: Any = None
+) -> Validator:
+    """A validator accepting numbers between ``lo`` and ``hi``.
+
+    Args:
+        lo: the lower bound.
+        hi: the upper bound.
+        closed: which ends are included: ``"[)"`` (default), ``"[]"``, ``"(]"`` or ``"()"``.
+        optional: accept ``None`` too.
+        example: an acceptable value, for the fix.
+    """
+    if closed not in ("[)", "[]", "(]", "()"):
+        raise ValueError(f"closed must be one of '[)', '[]', '(]', '()', got {closed!r}")
+    low_ok = (lambda v: v >= lo) if closed[0] == "[" else (lambda v: v > lo)
+    high_ok = (lambda v: v <= hi) if closed[1] == "]" else (lambda v: v < hi)
+    interval = f"{closed[0]}{lo}, {hi}{closed[1]}"
+    return satisfies(
+        lambda v: low_ok(v) and high_ok(v),
+        f"in {interval}",
+        problem=f"must be in {interval}",
+        example=example,
+        optional=optional,
+    )
+
+
+def one_of(*choices: Any) -> Validator:
+    """A validator accepting one of ``choices`` ("option 'p_z' is not one of 'exp', 'sigmoid'")."""
+    allowed = ", ".join(map(repr, choices))
+
+    def validate(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        try:
+            ok = value in choices
+        except TypeError:  # an unhashable value
+            ok = False
+        if not ok:
+            err = _refusal(
+                attribute,
+                value,
+                f"is not one of {allowed}",
+                f"one of {allowed}",
+                fix=f"choose one of them, e.g. {attribute.alias or attribute.name}={choices[0]!r}",
+            )
+            err.choices = choices  # type: ignore[attr-defined]
+            raise err
+
+    return validate
 
 
 def describe_type(tp: Any) -> str:
@@ -128,6 +285,21 @@ def build_config(plugin: str, config_cls: type | None, options: Mapping[str, Any
             )
     try:
         return config_cls(**options)
+    except ConfigError as err:
+        option: str | None = getattr(err, "option", None)
+        if option is not None and hasattr(err, "choices"):
+            raise _not_a_choice(plugin, option, err.value, err.choices) from err  # type: ignore[attr-defined]
+        example = getattr(err, "example", None)
+        fix = err.fix
+        if option is not None and example is not None:
+            fix = f"e.g. {option_syntax(plugin, option, example)}"
+        raise PluginLoadError(
+            plugin,
+            f"an option was refused: {err.problem}",
+            expected=err.expected,
+            got=err.got,
+            fix=fix,
+        ) from err
     except (TypeError, ValueError) as err:
         if len(err.args) == 4 and isinstance(err.args[1], attrs.Attribute):  # attrs' in_()
             attribute, choices, value = err.args[1:]

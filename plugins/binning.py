@@ -31,8 +31,9 @@ import attrs
 import torch
 
 from infoshape.errors import ConfigError, EstimatorAssumptionWarning
-from infoshape.estimator_plugin import EstimatorPlugin
 from infoshape.math.linalg import as_samples, nonempty_samples, require_finite
+from infoshape.options import positive, satisfies
+from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
 
 __all__ = [
@@ -165,14 +166,18 @@ class Binning(EstimatorPlugin):
                 (``= H(T)``: the network is deterministic on the probe set) and ``.I_TY``.
         """
 
-        n_bins: int = attrs.field(default=30, validator=attrs.validators.gt(0))
-        bounds: tuple[float, float] | None = attrs.field(default=None)
+        n_bins: int = attrs.field(default=30, validator=positive())
+        bounds: tuple[float, float] | None = attrs.field(
+            default=None,
+            validator=satisfies(
+                lambda value: value[0] < value[1],
+                "(low, high) with low < high",
+                problem="is not an interval",
+                example=(0.0, 4.0),
+                optional=True,
+            ),
+        )
         layers: tuple[str, ...] = ()
-
-        @bounds.validator
-        def _check_bounds(self, _attribute, value) -> None:
-            if value is not None and not value[0] < value[1]:
-                raise ValueError(f"bounds must be (low, high) with low < high, got {value!r}")
 
     def layer_metrics(self, t, labels) -> dict[str, torch.Tensor]:
         """``I_TX = H(T)`` (deterministic network) and ``I_TY`` of one layer's probe codes."""

@@ -46,6 +46,8 @@ from infoshape.capture import Tap
 from infoshape.errors import ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import nonempty_samples
+from infoshape.options import non_negative, one_of, positive, satisfies
+from infoshape.plugin import Plugin
 from infoshape.plugins.kl_pairwise import mi_tx, mi_ty
 from infoshape.syntax import option_syntax
 
@@ -232,11 +234,12 @@ def default_layer(model: nn.Module) -> str:
     )
 
 
-def _bounds(_instance: Any, _attribute: Any, value: tuple[str, ...]) -> None:
-    if not all(b in ("upper", "lower") for b in value):
-        raise ValueError(
-            f'characteristics option bounds must list "upper" and/or "lower"; got {value!r}'
-        )
+_bounds = satisfies(
+    lambda value: all(b in ("upper", "lower") for b in value),
+    'a list of "upper" and/or "lower"',
+    problem="names an unknown bound",
+    example=["upper", "lower"],
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -255,29 +258,24 @@ class CharacteristicsConfig:
 
     layers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     correlation: CorrelationMode = attrs.field(
-        default="positive", validator=attrs.validators.in_(("positive", "absolute"))
+        default="positive", validator=one_of("positive", "absolute")
     )
-    zero_tol: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
-    noise_var: float = attrs.field(default=0.1, validator=attrs.validators.gt(0))
+    zero_tol: float = attrs.field(default=0.0, validator=non_negative())
+    noise_var: float = attrs.field(default=0.1, validator=positive())
     bounds: tuple[str, ...] = attrs.field(
         default=("upper", "lower"), converter=tuple, validator=_bounds
     )
 
 
-class Characteristics:
+class Characteristics(Plugin):
     """Emit ``characteristics.<capture>.<name>`` on the probe set at each epoch end."""
 
     name = "characteristics"
     Config = CharacteristicsConfig
 
     def __init__(self) -> None:
-        self.config = CharacteristicsConfig()
+        super().__init__()
         self.taps: list[Tap] = []
-
-    @hookimpl
-    def infoshape_configure(self, config: CharacteristicsConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @hookimpl
     def infoshape_taps(self, session: Any) -> list[Tap]:

@@ -35,7 +35,6 @@ import warnings
 import torch
 
 from infoshape.errors import ConfigError, EstimatorAssumptionWarning
-from infoshape.estimator_plugin import EstimatorPlugin
 from infoshape.math.linalg import (
     class_conditional,
     label_entropy,
@@ -43,6 +42,7 @@ from infoshape.math.linalg import (
     paired_labels,
     require_finite,
 )
+from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
 
 __all__ = [

@@ -54,6 +54,8 @@ from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import full_precision
 from infoshape.objective import Penalty
+from infoshape.options import non_negative, one_of, positive
+from infoshape.plugin import Plugin
 from infoshape.store.layout import tap_dims
 from infoshape.syntax import by_syntax, option_syntax
 
@@ -131,12 +133,10 @@ class InformationDropoutConfig:
     """
 
     layers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    beta: float = attrs.field(default=3.0, validator=attrs.validators.ge(0))
-    alpha_min: float = attrs.field(default=0.001, validator=attrs.validators.gt(0))
-    alpha_max: float = attrs.field(default=0.7, validator=attrs.validators.gt(0))
-    prior: Prior = attrs.field(
-        default="log_uniform", validator=attrs.validators.in_(("log_uniform", "log_normal"))
-    )
+    beta: float = attrs.field(default=3.0, validator=non_negative())
+    alpha_min: float = attrs.field(default=0.001, validator=positive())
+    alpha_max: float = attrs.field(default=0.7, validator=positive())
+    prior: Prior = attrs.field(default="log_uniform", validator=one_of("log_uniform", "log_normal"))
     kl_map: bool = True
     init_seed: int | None = None
 
@@ -221,7 +221,7 @@ def _alpha_layer(model: nn.Module, name: str, module: nn.Module) -> tuple[nn.Mod
     )
 
 
-class InformationDropout:
+class InformationDropout(Plugin):
     """Insert Information Dropout after chosen layers and add ``β·Σ KL / N_train`` to the loss."""
 
     name = "information_dropout"
@@ -229,7 +229,7 @@ class InformationDropout:
     Config = InformationDropoutConfig
 
     def __init__(self) -> None:
-        self.config = InformationDropoutConfig()
+        super().__init__()
         self.layers: dict[str, InformationDropoutLayer] = {}
         self.taps: dict[str, Tap] = {}
         self._restore: list[tuple[nn.Module, Any]] = []
@@ -249,7 +249,7 @@ class InformationDropout:
                     "infoshape train sets it; report this as a bug",
                 ),
             )
-        self.config = config
+        super().infoshape_configure(config=config, session=session)
 
     def _selected(self, model: nn.Module) -> list[str]:
         if self.config.layers:

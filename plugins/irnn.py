@@ -48,6 +48,8 @@ from infoshape.errors import CaptureError, ConfigError
 from infoshape.hookspecs import hookimpl
 from infoshape.math.linalg import full_precision, require_class_labels
 from infoshape.objective import Penalty
+from infoshape.options import at_least, non_negative, one_of, positive
+from infoshape.plugin import Plugin
 
 __all__ = [
     "IRNN",
@@ -233,18 +235,18 @@ class IRNNConfig:
         batch_metrics: also emit ``irnn.batch.{I_X_Yhat, I_Y_Yhat, constrain}`` per step.
     """
 
-    alpha1: float = attrs.field(default=1e-4, validator=attrs.validators.ge(0))
-    alpha2: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
-    l1_every: int = attrs.field(default=30, validator=attrs.validators.ge(1))
+    alpha1: float = attrs.field(default=1e-4, validator=non_negative())
+    alpha2: float = attrs.field(default=0.01, validator=non_negative())
+    l1_every: int = attrs.field(default=30, validator=at_least(1))
     mode: Literal["irnn", "naive", "l2_logit"] = attrs.field(
-        default="irnn", converter=_mode, validator=attrs.validators.in_(("irnn", "naive"))
+        default="irnn", converter=_mode, validator=one_of("irnn", "naive")
     )
     classifier: str | None = None
-    zero_tol: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
+    zero_tol: float = attrs.field(default=1e-3, validator=positive())
     batch_metrics: bool = False
 
 
-class IRNN:
+class IRNN(Plugin):
     """Add the IRNN penalties (Eq. 7) and emit the constrain diagnostics (module docstring)."""
 
     name = "irnn"
@@ -252,14 +254,9 @@ class IRNN:
     Config = IRNNConfig
 
     def __init__(self) -> None:
-        self.config = IRNNConfig()
+        super().__init__()
         self.tap: Tap | None = None
         self.linear: nn.Linear | None = None
-
-    @hookimpl
-    def infoshape_configure(self, config: IRNNConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @hookimpl
     def infoshape_taps(self, session: Any) -> list[Tap]:

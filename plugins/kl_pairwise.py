@@ -36,7 +36,6 @@ import attrs
 import torch
 
 from infoshape.errors import ConfigError, EstimatorAssumptionWarning
-from infoshape.estimator_plugin import EstimatorPlugin
 from infoshape.math.linalg import (
     class_conditional,
     nonempty_samples,
@@ -44,6 +43,8 @@ from infoshape.math.linalg import (
     pairwise_sq_distances,
     require_finite,
 )
+from infoshape.options import one_of, positive
+from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
 
 __all__ = [
@@ -196,10 +197,8 @@ class KLPairwise(EstimatorPlugin):
                 and ``.I_TY`` on the probe set at every epoch end.
         """
 
-        noise_var: float = attrs.field(default=0.1, validator=attrs.validators.gt(0))
-        bound: Bound = attrs.field(
-            default="upper", validator=attrs.validators.in_(("upper", "lower"))
-        )
+        noise_var: float = attrs.field(default=0.1, validator=positive())
+        bound: Bound = attrs.field(default="upper", validator=one_of("upper", "lower"))
         layers: tuple[str, ...] = ()
 
     def layer_metrics(self, t, labels) -> dict[str, torch.Tensor]:

@@ -43,8 +43,8 @@ import torch
 from scipy.spatial import cKDTree
 
 from infoshape.errors import ConfigError
-from infoshape.estimator_plugin import EstimatorPlugin
 from infoshape.math.linalg import as_samples, paired_labels, require_finite
+from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
 
 __all__ = [

@@ -61,6 +61,8 @@ from infoshape.math.matrix_entropy import (
     select_sigma,
 )
 from infoshape.objective import cross_entropy
+from infoshape.options import at_least, in_range, one_of, positive, satisfies
+from infoshape.plugin import Plugin
 
 __all__ = [
     "MICE",
@@ -182,26 +184,20 @@ def _terms(
     return f * ce - (1.0 - f) * mi.to(ce.dtype), ce, mi
 
 
-@torch.no_grad()
-def _schedule(_instance: Any, _attribute: attrs.Attribute, value: Any) -> None:
-    if not (callable(value) or value in SCHEDULES):
-        raise ValueError(
-            f"mi_ce option schedule must be one of {', '.join(SCHEDULES)} or a callable\n"
-            f"  got: {value!r}\n  fix: schedule='inverse_sqrt' (the paper's)"
-        )
+_schedule = satisfies(
+    lambda value: callable(value) or value in SCHEDULES,
+    f"one of {', '.join(map(repr, SCHEDULES))} or a callable",
+    problem="is not a schedule",
+    example="inverse_sqrt",
+)
 
 
-def _range(_instance: Any, _attribute: attrs.Attribute, value: tuple[float, float]) -> None:
-    if not (len(value) == 2 and 0 < value[0] < value[1]):
-        raise ValueError(
-            f"mi_ce option sigma_range must be (low, high) with 0 < low < high\n"
-            f"  got: {value!r}\n  fix: sigma_range=(0.1, 1.0)"
-        )
-
-
-def _positive_or_none(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"mi_ce option {attribute.name} must be None or > 0, got {value!r}")
+_range = satisfies(
+    lambda value: len(value) == 2 and 0 < value[0] < value[1],
+    "(low, high) with 0 < low < high",
+    problem="is not an interval of widths",
+    example=(0.1, 1.0),
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -232,28 +228,26 @@ class MICEConfig:
         probe_chunk: probe samples per chunk of the epoch metrics.
     """
 
-    alpha: float = attrs.field(default=1.01, validator=attrs.validators.gt(0))
+    alpha: float = attrs.field(default=1.01, validator=positive())
     schedule: Schedule = attrs.field(default="inverse_sqrt", validator=_schedule)
-    f_end: float = attrs.field(
-        default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
-    )
-    horizon: int = attrs.field(default=50, validator=attrs.validators.ge(1))
-    convention: Convention = attrs.field(default="2sigma2", validator=attrs.validators.in_(LENGTH))
-    sigma: float | None = attrs.field(default=None, validator=_positive_or_none)
+    f_end: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0, closed="[]"))
+    horizon: int = attrs.field(default=50, validator=at_least(1))
+    convention: Convention = attrs.field(default="2sigma2", validator=one_of(*LENGTH))
+    sigma: float | None = attrs.field(default=None, validator=positive(optional=True))
     sigma_range: tuple[float, float] = attrs.field(
         default=(0.1, 1.0), converter=tuple, validator=_range
     )
-    n_candidates: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+    n_candidates: int = attrs.field(default=100, validator=at_least(1))
     sigma_decay: float = attrs.field(default=0.0, validator=DECAY)
-    base: Literal["e", 2] = attrs.field(default="e", validator=attrs.validators.in_(("e", 2)))
+    base: Literal["e", 2] = attrs.field(default="e", validator=one_of("e", 2))
     input_module: str | None = None
     input_sigma: Literal["alignment", "shared"] = attrs.field(
-        default="alignment", validator=attrs.validators.in_(("alignment", "shared"))
+        default="alignment", validator=one_of("alignment", "shared")
     )
-    probe_chunk: int = attrs.field(default=256, validator=attrs.validators.ge(2))
+    probe_chunk: int = attrs.field(default=256, validator=at_least(2))
 
 
-class MICE:
+class MICE(Plugin):
     """Supply eq. 7 as the objective; emit the DPI and saturation diagnostics per epoch.
 
     State (saved by ``infoshape_state_dict``): the width of the current epoch, the epoch's
@@ -265,7 +259,7 @@ class MICE:
     Config = MICEConfig
 
     def __init__(self) -> None:
-        self.config = MICEConfig()
+        super().__init__()
         self.input_tap: Tap | None = None
         self.sigma: float | None = None  # the width chosen on the previous epoch
         self.average = SigmaAverage(decay=0.0)
@@ -275,8 +269,8 @@ class MICE:
 
     @hookimpl
     def infoshape_configure(self, config: MICEConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
+        """Keep the validated options; the width average takes their ``sigma_decay``."""
+        super().infoshape_configure(config)
         self.average = SigmaAverage(decay=config.sigma_decay)
 
     @hookimpl

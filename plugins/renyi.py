@@ -38,6 +38,8 @@ from infoshape.math.matrix_entropy import (
     select_sigma,
     silverman_sigma,
 )
+from infoshape.options import at_least, one_of, positive
+from infoshape.plugin import Plugin
 from infoshape.registry import Estimator
 
 __all__ = [
@@ -60,14 +62,6 @@ __all__ = [
 ]
 
 
-def _optional_positive(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(
-            f"renyi option {attribute.name} must be None or positive\n  expected: None or > 0\n"
-            f"  got: {value!r}\n  fix: leave it None for the data-driven choice"
-        )
-
-
 @attrs.frozen(kw_only=True)
 class RenyiConfig:
     """Options of the ``renyi`` plugin (defaults: METHODS.md's table).
@@ -88,23 +82,21 @@ class RenyiConfig:
         method: ``"auto"``, ``"exact"`` or ``"lanczos"`` (:func:`entropy`).
     """
 
-    alpha: float = attrs.field(default=1.01, validator=attrs.validators.gt(0))
-    convention: Convention = attrs.field(default="2sigma2", validator=attrs.validators.in_(LENGTH))
-    sigma: float | None = attrs.field(default=None, validator=_optional_positive)
+    alpha: float = attrs.field(default=1.01, validator=positive())
+    convention: Convention = attrs.field(default="2sigma2", validator=one_of(*LENGTH))
+    sigma: float | None = attrs.field(default=None, validator=positive(optional=True))
     sigma_method: Literal["alignment", "silverman"] = attrs.field(
-        default="alignment", validator=attrs.validators.in_(("alignment", "silverman"))
+        default="alignment", validator=one_of("alignment", "silverman")
     )
-    n_candidates: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+    n_candidates: int = attrs.field(default=100, validator=at_least(1))
     sigma_decay: float = attrs.field(default=0.0, validator=DECAY)
-    silverman_gamma: float | None = attrs.field(default=None, validator=_optional_positive)
+    silverman_gamma: float | None = attrs.field(default=None, validator=positive(optional=True))
     layers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     input_module: str | None = None
-    method: Method = attrs.field(
-        default="auto", validator=attrs.validators.in_(("auto", "exact", "lanczos"))
-    )
+    method: Method = attrs.field(default="auto", validator=one_of("auto", "exact", "lanczos"))
 
 
-class Renyi:
+class Renyi(Plugin):
     """Emit ``renyi.<capture>.{sigma, H_T, I_TY, I_XT}`` on the probe set at each epoch end.
 
     ``I_XT`` needs ``input_module``. Registers the ``renyi`` estimator
@@ -115,15 +107,10 @@ class Renyi:
     Config = RenyiConfig
 
     def __init__(self) -> None:
-        self.config = RenyiConfig()
+        super().__init__()
         self.taps: list[Tap] = []
         self.input_tap: Tap | None = None
         self.averages: dict[str, SigmaAverage] = {}
-
-    @hookimpl
-    def infoshape_configure(self, config: RenyiConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @hookimpl
     def infoshape_taps(self) -> list[Tap]:

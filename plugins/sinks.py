@@ -17,6 +17,7 @@ import numpy as np
 
 from infoshape.errors import ConfigError
 from infoshape.hookspecs import hookimpl
+from infoshape.plugin import Plugin
 
 __all__ = ["CSVSink", "CSVSinkPlugin", "TensorBoardSink", "TensorBoardSinkPlugin"]
 
@@ -102,7 +103,7 @@ def _beside_store(session, suffix: str) -> Path:
     return Path("runs") / f"infoshape{suffix}"
 
 
-class CSVSinkPlugin:
+class CSVSinkPlugin(Plugin):
     """Writes every scalar metric to a long-format CSV file (``stage,index,name,value``)."""
 
     name = "csv"
@@ -119,22 +120,15 @@ class CSVSinkPlugin:
         path: str | None = None
         append: bool = False
 
-    config: Config | None = None
-
-    @hookimpl
-    def infoshape_configure(self, config: Config) -> None:
-        """Keep the validated options."""
-        self.config = config
-
     @hookimpl
     def infoshape_sinks(self, session) -> list[CSVSink]:
         """One CSV sink."""
-        config = self.config or self.Config()
+        config = self.config
         path = Path(config.path) if config.path else _beside_store(session, ".metrics.csv")
         return [CSVSink(path, append=config.append)]
 
 
-class TensorBoardSinkPlugin:
+class TensorBoardSinkPlugin(Plugin):
     """Writes every metric to TensorBoard event files (needs the tensorboard package)."""
 
     name = "tensorboard"
@@ -149,16 +143,9 @@ class TensorBoardSinkPlugin:
 
         log_dir: str | None = None
 
-    config: Config | None = None
-
-    @hookimpl
-    def infoshape_configure(self, config: Config) -> None:
-        """Keep the validated options."""
-        self.config = config
-
     @hookimpl
     def infoshape_sinks(self, session) -> list[TensorBoardSink]:
         """One TensorBoard sink."""
-        config = self.config or self.Config()
+        config = self.config
         log_dir = Path(config.log_dir) if config.log_dir else _beside_store(session, ".tb")
         return [TensorBoardSink(log_dir)]

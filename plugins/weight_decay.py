@@ -31,7 +31,8 @@ from torch import nn
 from infoshape.errors import ConfigError, TapError
 from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
-from infoshape.options import with_defaults
+from infoshape.options import non_negative, with_defaults
+from infoshape.plugin import Plugin
 
 __all__ = [
     "L1W",
@@ -128,12 +129,12 @@ class WeightDecayConfig:
         biases: also penalize 1-D parameters (biases, normalization scales and shifts).
     """
 
-    coefficient: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
+    coefficient: float = attrs.field(default=0.01, validator=non_negative())
     modules: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     biases: bool = False
 
 
-class _WeightDecay:
+class _WeightDecay(Plugin):
     """Add ``coefficient · function(selected weights)`` to the loss."""
 
     name: ClassVar[str]
@@ -142,13 +143,8 @@ class _WeightDecay:
     function: ClassVar[Any]
 
     def __init__(self) -> None:
-        self.config = self.Config()
+        super().__init__()
         self.params: list[torch.Tensor] | None = None
-
-    @hookimpl
-    def infoshape_configure(self, config: WeightDecayConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @hookimpl
     def infoshape_penalty(self, session: Any) -> list[Penalty]:

@@ -1,28 +1,30 @@
 """Capture budgets of stream-mode taps: what of each training batch reaches the store.
 
 A tap with ``store="stream"`` stores training batches as ``(step, sample, ...)``.
-Its budget fields (see :class:`~infoshape.capture.Tap`) cut the cost, applied in
-this order to every streamed batch, on the batch's device, without gradients:
+Its budget (``Tap(..., store=Stream(...))``, :class:`~infoshape.capture.Stream`, read as
+``tap.budget``) cuts the cost, applied in this order to every streamed batch, on the
+batch's device, without gradients:
 
-1. ``stream_every=k``: only steps with ``step % k == 0`` are considered at all.
-2. ``stream_pool=s``: adaptive average pooling of conv maps to ``s × s``
+1. ``every=k``: only steps with ``step % k == 0`` are considered at all.
+2. ``pool=s``: adaptive average pooling of conv maps to ``s × s``
    (``(N, C, H, W) -> (N, C, s, s)``; 1-D maps ``(N, C, L) -> (N, C, s)``).
-3. ``stream_project=m``: a fixed Johnson–Lindenstrauss projection of the flattened
+3. ``project=m``: a fixed Johnson–Lindenstrauss projection of the flattened
    sample to ``m`` dims, ``y = x R`` with ``R_ij ~ N(0, 1/m)`` drawn once from
-   ``stream_seed`` (:func:`random_projection`). ``E‖y‖² = ‖x‖²``, and the ``n²``
+   ``seed`` (:func:`random_projection`). ``E‖y‖² = ‖x‖²``, and the ``n²``
    squared distances of ``n`` points keep within a factor ``1 ± ε`` with probability
    at least ``1 − 1/n`` when ``m ≥ 4 ln n / (ε²/2 − ε³/3)`` (Dasgupta & Gupta 2003,
    Theorem 2.1). ``R`` is stored once as ``stream/<tap>_projection``, so an
    analysis can project other data the same way or map back with ``pinv(R)``.
-4. ``stream_dtype="float16"``: half-precision storage.
-5. ``stream_samples=n``: instead of one row per step, a uniform reservoir of ``n``
+4. ``dtype="float16"``: half-precision storage.
+5. ``samples=n``: instead of one row per step, a uniform reservoir of ``n``
    samples of each epoch (:class:`Reservoir`) is stored as one row per epoch,
    ``stream/<tap>`` with dims ``(epoch, <tap>_sample, ...)`` and coordinates
    ``<tap>_label``, ``<tap>_sample_index`` and ``<tap>_step`` (where each kept
-   sample came from). The reservoir sees the samples of the steps that ``stream_every``
+   sample came from). The reservoir sees the samples of the steps that ``every``
    lets through, after pooling and projection; such a tap writes no per-step rows.
 
-Every choice is recorded in the tap variable's attrs (:meth:`StreamBudget.attrs`).
+Every choice is recorded in the tap variable's attrs (:meth:`StreamBudget.attrs`), under
+the keys ``stream_every``, ``stream_samples``, ... (the store's format is unchanged).
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class StreamBudget:
 
     Args:
         name: the capture name.
-        tap: the tap whose ``stream_*`` fields set the budget.
+        tap: the tap whose ``budget`` (:class:`~infoshape.capture.Stream`) applies.
         module: the tapped module's name (recorded in the attrs).
         point: ``"pre"`` or ``"post"`` (recorded in the attrs).
     """
@@ -163,8 +165,8 @@ class StreamBudget:
         self.raw_shape: tuple[int, ...] | None = None
         self.projection: torch.Tensor | None = None
         self.reservoir = (
-            Reservoir(tap.stream_samples, tap.stream_seed, getattr(torch, tap.stream_dtype))
-            if tap.stream_samples
+            Reservoir(tap.budget.samples, tap.budget.seed, getattr(torch, tap.budget.dtype))
+            if tap.budget.samples
             else None
         )
         self._device_projection: torch.Tensor | None = None
@@ -180,10 +182,10 @@ class StreamBudget:
             x = tensor.detach()
             if self.raw_shape is None:
                 self.raw_shape = tuple(x.shape[1:])
-            if tap.stream_pool is not None:
-                x = self._pool(x, tap.stream_pool)
-            if tap.stream_project is not None:
-                x = as_samples(x).float() @ self._matrix(x, tap.stream_project)
+            if tap.budget.pool is not None:
+                x = self._pool(x, tap.budget.pool)
+            if tap.budget.project is not None:
+                x = as_samples(x).float() @ self._matrix(x, tap.budget.project)
             return x
 
     def _pool(self, x: torch.Tensor, s: int) -> torch.Tensor:
@@ -195,19 +197,19 @@ class StreamBudget:
             f"tap {self.name!r} asks for stream_pool={s} of a tensor of shape {tuple(x.shape)}",
             expected="a conv map (N, C, H, W) or (N, C, L)",
             got=f"{x.ndim}-D tensor",
-            fix="drop stream_pool for this tap, or use stream_project to cut its width",
+            fix="drop pool from this tap's Stream(...) budget, or use project to cut its width",
         )
 
     def _matrix(self, x: torch.Tensor, m: int) -> torch.Tensor:
         d = math.prod(x.shape[1:])
         if self.projection is None:
-            self.projection = random_projection(d, m, self.tap.stream_seed)
+            self.projection = random_projection(d, m, self.tap.budget.seed)
         if self._device_projection is None or self._device_projection.device != x.device:
             self._device_projection = self.projection.to(x.device)
         return self._device_projection
 
     def attrs(self, coordinates: str) -> dict[str, Any]:
-        """The stored variable's attrs: the tap, every ``stream_*`` field, the raw shape.
+        """The stored variable's attrs: the tap, its budget (``stream_*`` keys), the raw shape.
 
         ``coordinates`` names the variable's non-dimension coordinates (CF convention).
         """
@@ -215,14 +217,14 @@ class StreamBudget:
         attrs: dict[str, Any] = {
             "tap_module": self.module,
             "tap_point": self.point,
-            "dtype": tap.stream_dtype,
+            "dtype": tap.budget.dtype,
             "coordinates": coordinates,
-            "stream_every": tap.stream_every,
-            "stream_samples": tap.stream_samples,
-            "stream_pool": tap.stream_pool,
-            "stream_project": tap.stream_project,
-            "stream_seed": tap.stream_seed,
-            "stream_dtype": tap.stream_dtype,
+            "stream_every": tap.budget.every,
+            "stream_samples": tap.budget.samples,
+            "stream_pool": tap.budget.pool,
+            "stream_project": tap.budget.project,
+            "stream_seed": tap.budget.seed,
+            "stream_dtype": tap.budget.dtype,
             "raw_shape": list(self.raw_shape or ()),
         }
         if self.projection is not None:

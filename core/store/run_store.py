@@ -8,6 +8,7 @@ commit protocol are described in :mod:`infoshape.store`.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import logging
 import uuid
 import warnings
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from infoshape.errors import StoreError, StoreWriteError
+from infoshape.errors import ConfigError, StoreError, StoreWriteError
 from infoshape.probe import Probe
 from infoshape.store.appender import Appender, reopen_appender
 from infoshape.store.guard import prepare_store_path
@@ -35,7 +36,25 @@ from infoshape.store.streams import StreamWriter, to_numpy
 from infoshape.store.writer import WriterThread
 from infoshape.syntax import by_syntax
 
-__all__ = ["RunStore"]
+__all__ = ["STORE_OPTIONS", "RunStore"]
+
+#: The keys of ``Session(store_options=...)``: the writer's options of :class:`RunStore`.
+STORE_OPTIONS = ("codec", "copy_streams", "flush_steps", "queue_size", "store_probe_inputs")
+
+
+def _refuse_store_options(unknown: Mapping[str, Any]) -> None:
+    """Raise a :class:`ConfigError` for keys RunStore does not take, listing the valid ones."""
+    names = ", ".join(map(repr, sorted(unknown)))
+    close = {k: difflib.get_close_matches(k, STORE_OPTIONS, n=1) for k in sorted(unknown)}
+    hint = "; ".join(f"{k!r} -> {m[0]!r}" for k, m in close.items() if m)
+    raise ConfigError(
+        f"unknown store option {names}",
+        expected=f"store options among: {', '.join(STORE_OPTIONS)}",
+        got=", ".join(f"{k}={v!r}" for k, v in sorted(unknown.items())),
+        fix="correct the key's spelling in Session(store_options=...)"
+        + (f" ({hint})" if hint else ""),
+    )
+
 
 log = logging.getLogger("infoshape.store")
 
@@ -92,7 +111,10 @@ class RunStore:
         resume: Mapping[str, Any] | None = None,
         codec: str = DEFAULT_CODEC,
         copy_streams: bool = False,
+        **unknown: Any,
     ) -> None:
+        if unknown:  # a misspelled key of Session(store_options=...)
+            _refuse_store_options(unknown)
         self.codec = check_codec(codec)
         self.copy_streams = copy_streams
         self.path = Path(path)

@@ -8,7 +8,7 @@ on before it reads the values; a CPU tensor is copied by torch (or, for a float3
 that owns its memory, kept as it is and checked unchanged when written). No step reads a
 value back on the training thread. Rows are gathered and handed to the writer thread one
 chunk of rows at a time, so every write fills whole chunks. Reservoir taps
-(``stream_samples``) write one row per epoch instead (:meth:`StreamWriter.end_epoch`).
+(``Stream(samples=n)``) write one row per epoch instead (:meth:`StreamWriter.end_epoch`).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class StreamWriter:
 
         Each capture is reduced by its tap's budget (:mod:`infoshape.store.budget`) here, on the
         training thread and device, and copied to host memory; taps with a reservoir
-        (``stream_samples``) only offer the batch to it (written by :meth:`end_epoch`).
+        (``Stream(samples=n)``) only offer the batch to it (written by :meth:`end_epoch`).
         The ``sample`` dim has the size of the first streamed batch; larger batches are
         cut to it and smaller ones padded (NaN data, label and sample_index ``-1``).
 
@@ -113,7 +113,7 @@ class StreamWriter:
             if budget.reservoir is not None:
                 budget.reservoir.offer(reduced, labels, index, step)
             else:
-                arrays[name] = self._host(name, reduced, budget.tap.stream_dtype)
+                arrays[name] = self._host(name, reduced, budget.tap.budget.dtype)
         if not arrays:
             return
         label_array = stage("label", labels, "int64") if labels is not None else None
@@ -222,7 +222,7 @@ class StreamWriter:
         return stage(name, tensor, dtype)
 
     def end_epoch(self, epoch: int) -> None:
-        """Queue the reservoirs of taps with ``stream_samples`` as the row of ``epoch``.
+        """Queue the reservoirs (taps with ``Stream(samples=n)``) as the row of ``epoch``.
 
         The session calls this at each epoch end; :meth:`close` does it for an epoch that
         never ended. Each reservoir then starts anew.
@@ -290,7 +290,7 @@ def _store_projection(group: zarr.Group, budget: StreamBudget) -> None:
         attributes={
             "description": f"the random projection R of {budget.name}: stored rows = "
             "flatten(pooled capture) @ R, R_ij ~ N(0, 1/m) (Johnson-Lindenstrauss)",
-            "seed": budget.tap.stream_seed,
+            "seed": budget.tap.budget.seed,
         },
     )
 

@@ -76,7 +76,8 @@ class WriterThread:
                     "infoshape store writer queue is full (%d pending writes): training waits "
                     "for the disk; if this repeats, raise the queue size with "
                     "Session(store_options={'queue_size': %d}) (RunStore(queue_size=...)) or "
-                    "cut the stream budget (Tap stream_every, stream_samples, stream_project)",
+                    "cut the stream budget "
+                    "(Tap(..., store=Stream(every=..., samples=..., project=...)))",
                     self.queue.maxsize,
                     2 * self.queue.maxsize,
                 )

@@ -64,7 +64,8 @@ from infoshape.capture import Tap
 from infoshape.errors import CaptureError, ConfigError, TapError
 from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
-from infoshape.options import with_defaults
+from infoshape.options import non_negative, one_of, positive, with_defaults
+from infoshape.plugin import Plugin
 from infoshape.plugins.choi_rhee.functional import cr, cw_cr, cw_rr, cw_vr, l1r, rr, vr
 
 __all__ = [
@@ -127,11 +128,11 @@ class RegularizerConfig:
             are samples) or ``"flatten"`` (every entry of ``C × ...`` is a unit).
     """
 
-    coefficient: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
+    coefficient: float = attrs.field(default=0.01, validator=non_negative())
     normalize: bool = True
     layers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     conv_units: Literal["channels", "flatten"] = attrs.field(
-        default="channels", validator=attrs.validators.in_(("channels", "flatten"))
+        default="channels", validator=one_of("channels", "flatten")
     )
 
 
@@ -143,9 +144,7 @@ class ClassWiseConfig(RegularizerConfig):
         n_classes: the number of classes ``C``; ``None``: the model output's width.
     """
 
-    n_classes: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
-    )
+    n_classes: int | None = attrs.field(default=None, validator=positive(optional=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -156,12 +155,10 @@ class L1RConfig(RegularizerConfig):
         reduction: ``"sum"`` over the batch (the paper) or ``"mean"`` over the batch.
     """
 
-    reduction: Literal["sum", "mean"] = attrs.field(
-        default="sum", validator=attrs.validators.in_(("sum", "mean"))
-    )
+    reduction: Literal["sum", "mean"] = attrs.field(default="sum", validator=one_of("sum", "mean"))
 
 
-class _Regularizer(abc.ABC):
+class _Regularizer(Plugin, abc.ABC):
     """Tap ``layers``; add ``coefficient · function(Z)`` per tapped layer to the loss."""
 
     name: ClassVar[str]
@@ -169,13 +166,8 @@ class _Regularizer(abc.ABC):
     weight_option: ClassVar[str] = "coefficient"
 
     def __init__(self) -> None:
-        self.config = self.Config()
+        super().__init__()
         self.taps: list[Tap] = []
-
-    @hookimpl
-    def infoshape_configure(self, config: Any) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @hookimpl
     def infoshape_taps(self, session: Any) -> list[Tap]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import infoshape
-from infoshape import CaptureError, Tap
+from infoshape import CaptureError, ConfigError, Stream, Tap, TapError
 from infoshape.store.budget import Reservoir, jl_epsilon, random_projection
 
 
@@ -107,8 +107,8 @@ def conv_data():
 def test_pool_and_projection_are_stored_and_reproducible(tmp_path, conv_data):
     model, x, y = conv_data
     taps = [
-        Tap("relu", store="stream", name="pooled", stream_pool=2),
-        Tap("relu", store="stream", name="proj", stream_pool=2, stream_project=6, stream_seed=4),
+        Tap("relu", store=Stream(pool=2), name="pooled"),
+        Tap("relu", store=Stream(pool=2, project=6, seed=4), name="proj"),
     ]
     stream = _run(model, tmp_path / "r.zarr", taps, x, y)
     with torch.no_grad():
@@ -134,7 +134,7 @@ def test_pool_and_projection_are_stored_and_reproducible(tmp_path, conv_data):
 
 def test_reservoir_tap_stores_one_row_per_epoch(tmp_path, conv_data):
     model, x, y = conv_data
-    tap = Tap("fc", store="stream", stream_samples=5, stream_every=2, stream_dtype="float16")
+    tap = Tap("fc", store=Stream(samples=5, every=2, dtype="float16"))
     stream = _run(model, tmp_path / "r.zarr", [tap], x, y, epochs=2, batch=4)
     assert "step" not in stream.dims  # a reservoir tap writes no per-step rows
     assert stream["fc"].dims == ("epoch", "fc_sample", "fc_unit")
@@ -157,9 +157,7 @@ def test_reservoir_tap_stores_one_row_per_epoch(tmp_path, conv_data):
 def test_reservoir_of_an_epoch_that_never_ended_is_written_at_close(tmp_path, mlp, batch):
     x, y = batch
     path = tmp_path / "r.zarr"
-    with infoshape.Session(
-        mlp, store=path, taps=[Tap("fc1", store="stream", stream_samples=4)]
-    ) as s:
+    with infoshape.Session(mlp, store=path, taps=[Tap("fc1", store=Stream(samples=4))]) as s:
         s.loss(s.model(x[:3]), y[:3])
         s.step_end()
     stream = infoshape.open_store(path)["stream"].to_dataset()
@@ -178,8 +176,35 @@ def test_budget_validation_and_pooling_a_flat_tensor(tmp_path, mlp, batch):
     with (
         pytest.raises(CaptureError, match="stream_pool=2 of a tensor of shape"),
         infoshape.Session(
-            mlp, store=tmp_path / "r.zarr", taps=[Tap("fc1", store="stream", stream_pool=2)]
+            mlp, store=tmp_path / "r.zarr", taps=[Tap("fc1", store=Stream(pool=2))]
         ) as s,
     ):
         s.loss(s.model(x), y)
         s.step_end()
+
+
+def test_stream_budget_is_one_nested_value_and_the_old_keywords_warn():
+    budget = Stream(every=10, samples=256, project=64)
+    tap = Tap("fc1", store=budget)
+    assert tap.store_mode == "stream" and tap.budget is budget
+    assert (tap.stream_every, tap.stream_samples, tap.stream_project) == (10, 256, 64)
+    assert Tap("fc1", store="stream").budget == Stream()
+    assert Tap("fc1", store="stream") == Tap("fc1", store=Stream())
+    both = Tap("fc1", store=("probe", Stream(every=2)))
+    assert both.store_mode == "both" and both.budget.every == 2
+    assert Tap("fc1", store="both").budget == Stream()
+    with pytest.warns(DeprecationWarning, match=r"store=Stream\(every=10, dtype='float16'\)"):
+        old = Tap("fc1", store="stream", stream_every=10, stream_dtype="float16")
+    assert old.budget == Stream(every=10, dtype="float16") and old == Tap(
+        "fc1", store=Stream(every=10, dtype="float16")
+    )
+
+
+def test_stream_budget_is_validated_and_given_once():
+    for bad in ({"samples": 0}, {"pool": -1}, {"project": 1.5}, {"every": 0}, {"dtype": "int8"}):
+        with pytest.raises(ConfigError, match=f"option '{next(iter(bad))}'"):
+            Stream(**bad)
+    with pytest.raises(TapError, match="given twice"):
+        Tap("fc1", store=Stream(every=2), stream_every=3)
+    with pytest.raises(TapError, match="unknown value"):
+        Tap("fc1", store=(Stream(), Stream()))

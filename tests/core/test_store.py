@@ -16,7 +16,7 @@ import xarray as xr
 import zarr
 
 import infoshape
-from infoshape import Probe, StoreError, StoreWriteError, Tap
+from infoshape import Probe, StoreError, StoreWriteError, Stream, Tap
 from infoshape.store import RunStore
 
 HERE = Path(__file__).parent
@@ -82,7 +82,7 @@ def test_stream_mode_pads_and_keeps_labels(tmp_path, mlp):
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(20, 8, generator=g), torch.randint(0, 3, (20,), generator=g)
     path = tmp_path / "run.zarr"
-    tap = Tap("relu2", store="stream", stream_every=2, stream_dtype="float16")
+    tap = Tap("relu2", store=Stream(every=2, dtype="float16"))
     with infoshape.Session(mlp, store=path, taps=[tap]) as s:
         for step, (lo, hi) in enumerate([(0, 8), (8, 16), (16, 20)]):
             s.loss(s.model(x[lo:hi]), y[lo:hi], index=torch.arange(lo, hi))

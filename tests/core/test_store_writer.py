@@ -11,13 +11,13 @@ import torch
 import zarr
 
 import infoshape
-from infoshape import StoreError, Tap
+from infoshape import StoreError, Stream, Tap
 from infoshape.store import RunStore, appender, layout
 from infoshape.store import chunks as store_chunks
 
 
 def _stream(store: RunStore, steps: int, rows: int = 6, width: int = 5, every: int = 1):
-    tap = Tap("layer", store="stream", stream_every=every)
+    tap = Tap("layer", store=Stream(every=every))
     batches = [
         torch.arange(rows * width, dtype=torch.float32).reshape(rows, width) + 100 * s
         for s in range(steps)
@@ -223,3 +223,13 @@ def test_shrink_deletes_the_chunks_past_the_cut_and_keeps_the_rest(tmp_path, sep
     array.resize((10, 3))  # grown again: the rows of deleted chunks read as the fill value
     np.testing.assert_array_equal(array[:5], np.arange(15, dtype="f4").reshape(5, 3))
     assert np.isnan(array[6:]).all()
+
+
+def test_misspelled_store_option_lists_the_valid_keys(tmp_path, mlp):
+    with pytest.raises(infoshape.ConfigError) as info:
+        infoshape.Session(mlp, store=tmp_path / "r.zarr", store_options={"queue_sise": 3})
+    message = str(info.value)
+    assert "unknown store option 'queue_sise'" in message
+    assert "codec, copy_streams, flush_steps, queue_size, store_probe_inputs" in message
+    assert "got: queue_sise=3" in message and "'queue_sise' -> 'queue_size'" in message
+    assert not (tmp_path / "r.zarr").exists()  # refused before anything is written

@@ -11,18 +11,18 @@ import torch
 from torch import nn
 
 import infoshape
+from infoshape.options import satisfies
 from infoshape_unitstats.stats import unit_statistics
 
 __all__ = ["UnitStats", "UnitStatsConfig"]
 
 
-def _finite(_instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(
-            f"unit_stats option {attribute.name} must be a finite number\n"
-            f"  expected: a float such as 0.0\n  got: {value!r}\n"
-            f"  fix: pass {attribute.name}=0.0 (or the activation level that counts as active)"
-        )
+_finite = satisfies(
+    lambda value: not isinstance(value, bool) and math.isfinite(value),
+    "a finite number such as 0.0",
+    problem="must be a finite number",
+    example=0.0,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -47,7 +47,7 @@ class UnitStatsConfig:
     every_step: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
-class UnitStats:
+class UnitStats(infoshape.Plugin):
     """Emit ``unit_stats.<capture>.{active_fraction, dead_units, mean, unit_mean}`` metrics.
 
     The statistics are computed on the probe set at each ``epoch_end`` (and on each
@@ -58,13 +58,8 @@ class UnitStats:
     Config = UnitStatsConfig
 
     def __init__(self) -> None:
-        self.config = UnitStatsConfig()
+        super().__init__()  # self.config: the validated options (the defaults until then)
         self.tap: infoshape.Tap | None = None
-
-    @infoshape.hookimpl
-    def infoshape_configure(self, config: UnitStatsConfig) -> None:
-        """Keep the validated options."""
-        self.config = config
 
     @infoshape.hookimpl
     def infoshape_taps(self) -> list[infoshape.Tap]:
