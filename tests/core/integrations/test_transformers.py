@@ -18,21 +18,7 @@ from infoshape.integrations.transformers import (  # noqa: E402
     reduce_tokens,
 )
 
-
-@pytest.fixture(autouse=True)
-def _no_shadowed_datasets(monkeypatch):
-    """``python -m pytest`` puts the repository on sys.path, whose ``datasets/`` folder (the
-    source of ``infoshape.datasets``) shadows Hugging Face ``datasets``: the Trainer must
-    not take it for that package."""
-    import importlib
-
-    try:
-        hf_datasets = hasattr(importlib.import_module("datasets"), "Dataset")
-    except ImportError:
-        hf_datasets = False
-    if not hf_datasets:
-        monkeypatch.setattr(transformers.trainer, "is_datasets_available", lambda: False)
-
+pytestmark = pytest.mark.usefixtures("hf_trainer_without_shadowed_datasets")
 
 VOCAB, SEQ, PAD = 100, 12, 0
 TAPS = ["bert.encoder.layer.*.output"]
