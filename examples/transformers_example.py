@@ -33,52 +33,9 @@ import transformers
 import infoshape
 from infoshape.integrations.transformers import InfoshapeArguments, InfoshapeTrainer
 
-POSITIVE = [
-    "good",
-    "great",
-    "fine",
-    "happy",
-    "love",
-    "nice",
-    "best",
-    "fun",
-    "bright",
-    "calm",
-    "kind",
-    "warm",
-]
-NEGATIVE = [
-    "bad",
-    "awful",
-    "sad",
-    "hate",
-    "poor",
-    "worst",
-    "dull",
-    "dark",
-    "angry",
-    "cold",
-    "cruel",
-    "ugly",
-]
-NEUTRAL = [
-    "the",
-    "a",
-    "movie",
-    "day",
-    "food",
-    "it",
-    "was",
-    "is",
-    "and",
-    "very",
-    "quite",
-    "this",
-    "that",
-    "we",
-    "they",
-    "book",
-]
+POSITIVE = ["good", "great", "fine", "happy", "love", "nice", "best", "fun", "kind", "warm"]
+NEGATIVE = ["bad", "awful", "sad", "hate", "poor", "worst", "dull", "dark", "angry", "cold"]
+NEUTRAL = ["the", "a", "movie", "day", "food", "it", "was", "is", "and", "very", "this", "we"]
 VOCAB = ["[PAD]", "[CLS]", *POSITIVE, *NEGATIVE, *NEUTRAL]
 TOKEN = {word: i for i, word in enumerate(VOCAB)}
 SEQ = 16
