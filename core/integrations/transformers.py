@@ -292,7 +292,8 @@ class InfoshapeTrainerMixin:
         self._reduction: TokenReduction | None = None
         # the loss is a per-batch mean: the Trainer divides it by the accumulation steps
         self.model_accepts_loss_kwargs = False
-        self.add_callback(_Lifecycle(self))
+        trainer: Any = self  # a Trainer, through the class this mixes into
+        trainer.add_callback(_Lifecycle(self))
 
     # ------------------------------------------------------------ lifecycle
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
@@ -311,9 +312,10 @@ class InfoshapeTrainerMixin:
             self._close(status)
 
     def _saved_state(self, checkpoint: str | bool | None) -> dict[str, Any] | None:
+        trainer: Any = self
         if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)  # type: ignore[attr-defined]
-        if not checkpoint:
+            checkpoint = get_last_checkpoint(trainer.args.output_dir)
+        if not isinstance(checkpoint, str) or not checkpoint:
             return None
         for name in (STATE_FILE, f"infoshape_state_rank{int(os.environ.get('RANK', 0))}.pt"):
             path = Path(checkpoint) / name
@@ -323,8 +325,9 @@ class InfoshapeTrainerMixin:
 
     def _open(self, resume: Mapping[str, Any] | None) -> None:
         spec = self.infoshape_args
-        model = self.model  # type: ignore[attr-defined]
-        n_train = getattr(self.train_dataset, "__len__", None)  # type: ignore[attr-defined]
+        trainer: Any = self
+        model = trainer.model
+        n_train = getattr(trainer.train_dataset, "__len__", None)
         options = {"n_train": n_train() if n_train else None, **spec.session_options}
         self._original_model = model
         self.infoshape = Session(
@@ -339,7 +342,7 @@ class InfoshapeTrainerMixin:
         )
         self._reduction = TokenReduction(self.infoshape, self.infoshape.module, spec.reduce)
         if self.infoshape.model is not model:  # a plugin wrapped it (infoshape_wrap_model)
-            self.model = self.model_wrapped = self.infoshape.model  # type: ignore[attr-defined]
+            trainer.model = trainer.model_wrapped = self.infoshape.model
 
     def _close(self, status: str) -> None:
         if self._reduction is not None:
@@ -347,7 +350,8 @@ class InfoshapeTrainerMixin:
             self._reduction = None
         if self.infoshape is not None:
             self.infoshape.close(status=status)
-        self.model = self.model_wrapped = self._original_model  # type: ignore[attr-defined]
+        trainer: Any = self
+        trainer.model = trainer.model_wrapped = self._original_model
 
     def _infoshape_epoch_end(self) -> None:
         session = self.infoshape
