@@ -113,6 +113,10 @@ def test_trainer_adds_the_penalty_stores_probes_and_resumes(tmp_path):
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logged and all("penalty.cr" in e and "loss.objective" in e for e in logged)
     assert all(e["penalty.cr"] > 0 for e in logged)
+    # with 2 accumulated micro-batches the Trainer's loss is still objective + 0.1 * penalty
+    # (the mean over micro-batches: not doubled, so the loss was divided by the accumulation)
+    for e in logged:
+        assert e["loss"] == pytest.approx(e["loss.objective"] + 0.1 * e["penalty.cr"], abs=2e-4)
     # the model is restored: no hook left
     assert trainer.model is model
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
