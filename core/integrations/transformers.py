@@ -274,7 +274,6 @@ class InfoshapeTrainerMixin:
     def __init__(
         self, *args: Any, infoshape: InfoshapeArguments | Mapping[str, Any], **kwargs: Any
     ) -> None:
-        super().__init__(*args, **kwargs)
         self.infoshape_args = (
             infoshape
             if isinstance(infoshape, InfoshapeArguments)
@@ -287,6 +286,7 @@ class InfoshapeTrainerMixin:
                 got="a probe set",
                 fix='use reduce="mean" to store one row per probe sequence',
             )
+        super().__init__(*args, **kwargs)
         self.infoshape: Session | None = None
         self._rows = _StepRows()
         self._reduction: TokenReduction | None = None

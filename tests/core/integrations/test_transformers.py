@@ -157,3 +157,22 @@ def test_probe_reduction_uses_the_padding_mask(tmp_path):
         hidden = model.bert(ids, attention_mask=(ids != PAD).long(), output_hidden_states=True)
     expected = reduce_tokens(hidden.hidden_states[1], ids != PAD, "mean").numpy()
     np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_tokens_reduction_trains_without_probe_and_refuses_one(tmp_path):
+    import attrs
+
+    from infoshape.errors import ConfigError
+
+    trainer = _trainer(tmp_path, None, max_steps=2)
+    tokens = attrs.evolve(trainer.infoshape_args, reduce="tokens", probe=None, taps=())
+    trainer.infoshape_args = tokens
+    trainer.train()  # cr on every kept token of the last layer: (n_tokens, 32) rows
+    assert all("penalty.cr" in e for e in trainer.state.log_history if "loss" in e)
+    with pytest.raises(ConfigError, match='reduce="tokens" has no probe set'):
+        InfoshapeTrainer(
+            model=_model(),
+            args=trainer.args,
+            train_dataset=_Set(8, seed=0),
+            infoshape={"plugins": ["cr"], "reduce": "tokens", "probe": (_data(4, 0)[0], [0] * 4)},
+        )
