@@ -65,3 +65,25 @@ def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return site
 
     return make
+
+
+@pytest.fixture
+def hf_trainer_without_shadowed_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the Hugging Face Trainer from taking the repository's ``datasets/`` for HF's.
+
+    ``python -m pytest`` puts the repository on ``sys.path``; its ``datasets/`` folder (the
+    source of ``infoshape.datasets``) then imports as a namespace package ``datasets`` that
+    the Trainer would take for Hugging Face ``datasets`` (and fail on ``datasets.Dataset``).
+    """
+    import importlib
+
+    try:
+        import transformers.trainer
+    except ImportError:  # nothing to guard
+        return
+    try:
+        real = hasattr(importlib.import_module("datasets"), "Dataset")
+    except ImportError:
+        real = False
+    if not real:
+        monkeypatch.setattr(transformers.trainer, "is_datasets_available", lambda: False)

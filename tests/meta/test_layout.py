@@ -90,7 +90,12 @@ def _offenders(paths: list[Path], forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_the_runtime_imports_no_app_plugin_or_testing_kit():
-    forbidden = ("infoshape.apps", "infoshape.plugins", "infoshape.testing")
+    forbidden = (
+        "infoshape.apps",
+        "infoshape.integrations",
+        "infoshape.plugins",
+        "infoshape.testing",
+    )
     offenders = _offenders(_runtime_modules(), forbidden)
     assert offenders == [], (
         "the runtime (core/*.py, core/store, core/math) must not depend on an application, "
