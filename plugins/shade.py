@@ -320,6 +320,9 @@ class ShadeConfig:
             ``(N, u)``, channels of ``(N, C, H, W)``; -1 for ``(N, T, features)``).
         per_layer: emit one penalty ``shade.<module>`` per layer (each weighted by β)
             instead of their sum ``shade``.
+        call: for modules called more than once per forward pass, the one call whose input
+            is regularized (0-based; torchvision's ``BasicBlock`` calls its ``relu`` twice,
+            ``call=1`` is the block's output pre-activation); ``None``: each call.
     """
 
     beta: float = attrs.field(default=1e-3, validator=attrs.validators.ge(0))
@@ -328,6 +331,9 @@ class ShadeConfig:
     decay: float = attrs.field(default=0.8, validator=_decay)
     channel_dim: int = 1
     per_layer: bool = False
+    call: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0))
+    )
 
 
 class Shade:
@@ -363,7 +369,8 @@ class Shade:
     def infoshape_taps(self, session: Any) -> list[Tap]:
         """The input of every ``nn.ReLU``, or of the modules named by ``layers``."""
         layers = self.config.layers
-        self.taps = [Tap(g, point="pre") for g in layers] if layers else [Tap(nn.ReLU, point="pre")]
+        targets = layers or (nn.ReLU,)
+        self.taps = [Tap(g, point="pre", call=self.config.call) for g in targets]
         return self.taps
 
     def _layers(self, session: Any) -> dict[str, str]:

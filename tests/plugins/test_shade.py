@@ -300,6 +300,36 @@ def test_layers_option_and_inplace_relus():
     assert model.act.inplace is True
 
 
+class _TwiceRelu(nn.Module):
+    """One ``relu`` called twice per forward, as in torchvision's ``BasicBlock``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.relu, self.out = (
+            nn.Linear(3, 4),
+            nn.Linear(4, 5),
+            nn.ReLU(inplace=True),
+            nn.Linear(5, 2),
+        )
+
+    def forward(self, x):
+        return self.out(self.relu(self.fc2(self.relu(self.fc1(x)))))
+
+
+def test_call_option_regularizes_one_call_of_a_module_called_twice():
+    torch.manual_seed(0)
+    model = _TwiceRelu()
+    x, y = torch.randn(16, 3), torch.arange(16) % 2
+    options = {"shade": {"layers": ["relu"], "call": 1}}
+    with infoshape.Session(model, ["shade"], options) as s:
+        s.loss(s.model(x), y).backward()
+        s.step_end()
+        averages = s.plugins["shade"].plugin.averages
+        assert {n: a.mu.shape[1] for n, a in averages.items()} == {"relu_pre": 5}  # fc2's width
+    with pytest.raises(PluginLoadError):
+        infoshape.Session(model, ["shade"], {"shade": {"call": -1}})
+
+
 # ------------------------------------------------------------------------ state dicts
 def test_state_dict_round_trip_continues_the_same_averages():
     torch.manual_seed(0)
