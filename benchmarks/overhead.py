@@ -1,18 +1,24 @@
 """Training-step overhead: each penalty plugin, capture and stream-to-store vs the bare step.
 
 For each model (the zoo's ``mlp`` 784-512-512-10 and ``cnn`` with 32/64 channels, on
-MNIST-shaped inputs, batch 128, SGD) it times, in one process and interleaved:
+MNIST-shaped inputs; ``resnet18``, torchvision's ResNet-18 with 10 classes on 3×32×32
+inputs; batch 128, SGD) it times, in one process and interleaved:
 
 * ``bare``: ``loss = cross_entropy(model(x), y); loss.backward(); opt.step(); opt.zero_grad()``;
 * ``session``: the same through ``Session`` with no plugin (the runtime alone);
-* ``plugin <name>``: ``Session(plugins=[name])`` with the plugin's default options, for every
-  penalty plugin found through the ``infoshape.plugins`` entry points (a name that is not
-  installed, or fails to start, is listed as missing with the reason);
+* ``plugin <name>``: ``Session(plugins=[name])`` with the plugin's default options (on
+  ``resnet18``: the Choi–Rhee family on the four stage outputs ``layer1``..``layer4``, their
+  channels as units; ``shade`` on the pre-activations of the four stages' last blocks, the
+  input of ``layerK.1.relu`` at its second call; ``irnn`` as by default, its classifier
+  ``fc``), for every penalty plugin found through the ``infoshape.plugins`` entry points (a
+  name that is not installed, or fails to start, is listed as missing with the reason);
 * ``hook copy``: a plain ``register_forward_hook`` on one layer that only copies its output
   (``output.detach().clone()``), the cheapest thing a user could write by hand;
-* ``capture``: ``Session(taps=[Tap(layer)])`` (held for penalties, not stored);
+* ``capture``: ``Session(taps=[Tap(layer)])`` (held for penalties, not stored; on
+  ``resnet18`` the four stage outputs);
 * ``stream``: ``Session(taps=[Tap(layer, store="stream")], store=...)``: every batch of the
-  layer to the zarr store (background writer), and two budgeted variants.
+  layer (``resnet18``: the stage ``layer3``) to the zarr store (background writer), and two
+  budgeted variants.
 
 The machine is shared, so every repeat times a block of ``--steps`` steps of every
 configuration one after the other (fewer steps, at least one, for a configuration many
@@ -24,8 +30,9 @@ A plugin that fails to start or to step (or exceeds ``--max-memory-gb``) is list
 the reason.
 Data are seeded random tensors: step time does not depend on the pixel values.
 
-Usage: python benchmarks/overhead.py [--models mlp cnn] [--steps 20] [--repeats 7]
-       [--plugins shade cr ...] [--quick] [--out benchmarks/results/overhead.json]
+Usage: python benchmarks/overhead.py [--models mlp cnn resnet18] [--steps 20] [--repeats 7]
+       [--plugins shade cr ...] [--threads 1] [--quick] [--out benchmarks/results/overhead.json]
+       python benchmarks/overhead.py --model resnet18 --threads 2  # the README's ResNet table
 """
 
 from __future__ import annotations
@@ -33,13 +40,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -64,11 +74,51 @@ PENALTIES = [
     "mi_ce",
     "information_dropout",
 ]
-GOALS = {name: 1.10 for name in ("shade", "cr", "cw_cr", "vr", "cw_vr", "l1r", "rr", "cw_rr")}
+CHOI_RHEE = ("cr", "cw_cr", "vr", "cw_vr", "l1r", "rr", "cw_rr")
+GOALS = {name: 1.10 for name in ("shade", *CHOI_RHEE)}
 GOALS |= {"irnn": 1.10, "stream": 1.15, "mi_ce epoch 1": 1.5}
+STAGES = tuple(f"layer{k}" for k in range(1, 5))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A benchmarked model: how to build it, its input, the layers it taps and its goals."""
+
+    build: Callable[[], torch.nn.Module]
+    shape: tuple[int, ...]
+    layer: str  # the one layer of ``hook copy`` and ``stream``
+    capture: tuple[str, ...]  # the layers of ``capture``
+    describe: dict
+    options: dict[str, dict] = field(default_factory=dict)  # plugin -> options
+    goals: dict[str, float] = field(default_factory=lambda: GOALS)
+
+
+def _zoo(name: str, options: dict, layer: str) -> ModelSpec:
+    shape = (1, 28, 28)
+    return ModelSpec(
+        lambda: build_model(name, shape, 10, **options), shape, layer, (layer,), options | {}
+    )
+
+
+def _resnet18() -> torch.nn.Module:
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=10)
+
+
 MODELS = {
-    "mlp": ({"hidden": (512, 512)}, "relu2"),
-    "cnn": ({"channels": (32, 64)}, "pool2"),
+    "mlp": _zoo("mlp", {"hidden": (512, 512)}, "relu2"),
+    "cnn": _zoo("cnn", {"channels": (32, 64)}, "pool2"),
+    "resnet18": ModelSpec(
+        _resnet18,
+        (3, 32, 32),
+        "layer3",
+        STAGES,
+        {"torchvision": "resnet18(num_classes=10)", "taps": list(STAGES)},
+        options={name: {"layers": list(STAGES)} for name in CHOI_RHEE}
+        | {"shade": {"layers": [f"{stage}.1.relu" for stage in STAGES], "call": 1}},
+        goals={name: 1.05 for name in CHOI_RHEE} | {"irnn": 1.05, "shade": 1.15, "stream": 1.05},
+    ),
 }
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
@@ -110,30 +160,35 @@ def _copying_hook(model, layer):
     return dict(model.named_modules())[layer].register_forward_hook(hook)
 
 
-def make_runners(name: str, model, layer: str, plugins: list[str], folder: Path):
+def make_runners(name: str, model, spec: ModelSpec, plugins: list[str], folder: Path):
     """Every configuration for one model; a plugin that cannot start maps to its reason."""
     runners: dict[str, Runner] = {}
     missing: dict[str, str] = {}
+    layer = spec.layer
 
     def fresh():
         return copy.deepcopy(model)
+
+    def session(plugin: str) -> infoshape.Session:
+        options = {plugin: spec.options[plugin]} if plugin in spec.options else None
+        return infoshape.Session(fresh(), plugins=[plugin], options=options, n_train=60000)
 
     runners["bare"] = Runner(fresh())
     runners["session"] = Runner(None, infoshape.Session(fresh(), n_train=60000))
     for plugin in plugins:
         try:
-            session = infoshape.Session(fresh(), plugins=[plugin], n_train=60000)
+            runners[f"plugin {plugin}"] = Runner(None, session(plugin))
         except Exception as err:  # not installed yet, or needs options this model lacks
             missing[plugin] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
             continue
-        runners[f"plugin {plugin}"] = Runner(None, session)
         if plugin == "mi_ce":  # f(0) = 1 is plain CE: from epoch 1 on, the MI term is on
-            session = infoshape.Session(fresh(), plugins=[plugin], n_train=60000)
-            session.epoch_end()
-            runners["plugin mi_ce epoch 1"] = Runner(None, session)
+            later = session(plugin)
+            later.epoch_end()
+            runners["plugin mi_ce epoch 1"] = Runner(None, later)
     m = fresh()
     runners["hook copy"] = Runner(m, hook=_copying_hook(m, layer))
-    runners["capture"] = Runner(None, infoshape.Session(fresh(), taps=[Tap(layer)]))
+    taps = [Tap(t) for t in spec.capture]
+    runners["capture"] = Runner(None, infoshape.Session(fresh(), taps=taps))
     streams = {
         "stream": Tap(layer, store="stream"),
         "stream every=10": Tap(layer, store=Stream(every=10)),
@@ -154,10 +209,10 @@ def time_block(runner: Runner, batches, steps: int) -> float:
 
 
 def bench_model(name: str, args, folder: Path) -> tuple[list[dict], dict[str, str]]:
-    options, layer = MODELS[name]
-    shape = (1, 28, 28)
+    spec = MODELS[name]
+    shape = spec.shape
     torch.manual_seed(0)
-    model = build_model(name, shape, 10, **options)
+    model = spec.build()
     g = torch.Generator().manual_seed(1)
     batches = [
         (
@@ -166,7 +221,7 @@ def bench_model(name: str, args, folder: Path) -> tuple[list[dict], dict[str, st
         )
         for _ in range(4)
     ]
-    runners, missing = make_runners(name, model, layer, args.plugins, folder)
+    runners, missing = make_runners(name, model, spec, args.plugins, folder)
     failed: dict[str, str] = {}
     times: dict[str, list[float]] = {k: [] for k in runners}
     warm: dict[str, float] = {}
@@ -174,6 +229,7 @@ def bench_model(name: str, args, folder: Path) -> tuple[list[dict], dict[str, st
         try:
             time_block(runner, batches, 1)
             warm[label] = time_block(runner, batches, 2)
+            print(f"{name} {label}: {1e3 * warm[label]:.0f} ms/step", file=sys.stderr, flush=True)
         except Exception as err:  # a plugin's bug, or out of memory (see --max-memory-gb)
             failed[label] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
             runner.close()
@@ -192,7 +248,7 @@ def bench_model(name: str, args, folder: Path) -> tuple[list[dict], dict[str, st
         ratios = [t / b for t, b in zip(block, times["bare"], strict=True)]
         of_min = min(block) / min(times["bare"])
         key = label.removeprefix("plugin ") if label.startswith("plugin ") else label
-        goal = GOALS.get(key)
+        goal = spec.goals.get(key)
         ratio = statistics.median(ratios)
         rows.append(
             {
@@ -217,7 +273,9 @@ def bench_model(name: str, args, folder: Path) -> tuple[list[dict], dict[str, st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models", "--model", nargs="+", default=["mlp", "cnn"], choices=list(MODELS)
+    )
     parser.add_argument("--plugins", nargs="*", default=PENALTIES)
     parser.add_argument("--steps", type=int, default=10, help="least steps per timed block")
     parser.add_argument(
@@ -241,6 +299,7 @@ def main() -> None:
     if args.quick:
         args.steps, args.repeats, args.block_seconds = 3, 2, 0.0
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()  # the machine is shared: the JSON records how busy it was
     limit = int(args.max_memory_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     folder = Path(tempfile.mkdtemp(prefix="infoshape-overhead-"))
@@ -257,7 +316,7 @@ def main() -> None:
         f"{torch.get_num_threads()}; ratio = median over repeats of config/bare (min-max)"
     )
     print(
-        f"{'model':<5} {'config':<28}{'ms/step':>9}{'ratio':>8}{'min-max':>13}{'fastest':>9}"
+        f"{'model':<8} {'config':<28}{'ms/step':>9}{'ratio':>8}{'min-max':>13}{'fastest':>9}"
         f"{'goal':>10}"
     )
     for r in rows:
@@ -266,7 +325,7 @@ def main() -> None:
         )
         spread = f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}"
         print(
-            f"{r['model']:<5} {r['config']:<28}{r['ms_per_step']:>9.2f}{r['ratio_to_bare']:>8.3f}"
+            f"{r['model']:<8} {r['config']:<28}{r['ms_per_step']:>9.2f}{r['ratio_to_bare']:>8.3f}"
             f"{spread:>13}{r['ratio_of_fastest_blocks']:>9.3f}{goal:>10}"
         )
     for r in rows:
@@ -282,12 +341,21 @@ def main() -> None:
                 "batch": args.batch,
                 "steps": args.steps,
                 "repeats": args.repeats,
-                "models": {k: MODELS[k][0] | {"layer": MODELS[k][1]} for k in args.models},
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "models": {
+                    k: MODELS[k].describe
+                    | {"input": MODELS[k].shape, "layer": MODELS[k].layer}
+                    | {"options": MODELS[k].options}
+                    for k in args.models
+                },
                 "machine": {
                     "platform": platform.platform(),
                     "python": platform.python_version(),
                     "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(),
+                    "cpus": os.cpu_count(),
+                    "load_average_1_5_15_min_at_start": load,
+                    "load_average_1_5_15_min_at_end": os.getloadavg(),
                 },
                 "results": rows,
                 "missing": missing,

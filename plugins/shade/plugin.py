@@ -61,7 +61,7 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.hookspecs import hookimpl
 from infoshape.objective import Penalty
-from infoshape.options import in_range, non_negative, one_of
+from infoshape.options import at_least, in_range, non_negative, one_of
 from infoshape.plugin import Plugin
 from infoshape.plugins.shade.averages import ShadeAverages
 from infoshape.plugins.shade.functional import P_Z, PZ, _omega, _unit_layout
@@ -85,6 +85,9 @@ class ShadeConfig:
             ``(N, u)``, channels of ``(N, C, H, W)``; -1 for ``(N, T, features)``).
         per_layer: emit one penalty ``shade.<module>`` per layer (each weighted by β)
             instead of their sum ``shade``.
+        call: for modules called more than once per forward pass, the one call whose input
+            is regularized (0-based; torchvision's ``BasicBlock`` calls its ``relu`` twice,
+            ``call=1`` is the block's output pre-activation); ``None``: each call.
     """
 
     beta: float = attrs.field(default=1e-3, validator=non_negative())
@@ -93,6 +96,7 @@ class ShadeConfig:
     decay: float = attrs.field(default=0.8, validator=in_range(0.0, 1.0, example=0.8))
     channel_dim: int = 1
     per_layer: bool = False
+    call: int | None = attrs.field(default=None, validator=at_least(0, optional=True))
 
 
 class Shade(Plugin):
@@ -123,14 +127,17 @@ class Shade(Plugin):
     def infoshape_taps(self, session: Any) -> list[Tap]:
         """The input of every ``nn.ReLU``, or of the modules named by ``layers``."""
         layers = self.config.layers
-        self.taps = [Tap(g, point="pre") for g in layers] if layers else [Tap(nn.ReLU, point="pre")]
+        targets = layers or (nn.ReLU,)
+        self.taps = [Tap(g, point="pre", call=self.config.call) for g in targets]
         return self.taps
 
     def _layers(self, session: Any) -> dict[str, str]:
         if not self._modules:
             for tap in self.taps:
-                modules = tap.select(session.model)
-                self._modules.update(zip(session.capture_names(tap), modules, strict=True))
+                names = session.capture_names(tap)  # "<name>#i" per call of a module
+                bases = dict.fromkeys(n.split("#")[0] for n in names)
+                module_of = dict(zip(bases, tap.select(session.model), strict=True))
+                self._modules.update({n: module_of[n.split("#")[0]] for n in names})
         return self._modules
 
     def _averages(self, name: str, y: torch.Tensor) -> ShadeAverages:
@@ -155,9 +162,8 @@ class Shade(Plugin):
         for name, module in self._layers(session).items():
             if (y := captures.get(name)) is None:
                 continue
-            terms[module], self._pending[name] = _omega(
-                y, self._averages(name, y).mu, c.p_z, c.channel_dim
-            )
+            omega, self._pending[name] = _omega(y, self._averages(name, y).mu, c.p_z, c.channel_dim)
+            terms[module] = terms[module] + omega if module in terms else omega  # each call
         if not terms:
             return []
         if c.per_layer:

@@ -300,6 +300,36 @@ def test_layers_option_and_inplace_relus():
     assert model.act.inplace is True
 
 
+class _TwiceRelu(nn.Module):
+    """One ``relu`` called twice per forward, as in torchvision's ``BasicBlock``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.relu, self.out = (
+            nn.Linear(3, 4),
+            nn.Linear(4, 5),
+            nn.ReLU(inplace=True),
+            nn.Linear(5, 2),
+        )
+
+    def forward(self, x):
+        return self.out(self.relu(self.fc2(self.relu(self.fc1(x)))))
+
+
+def test_call_option_regularizes_one_call_of_a_module_called_twice():
+    torch.manual_seed(0)
+    model = _TwiceRelu()
+    x, y = torch.randn(16, 3), torch.arange(16) % 2
+    options = {"shade": {"layers": ["relu"], "call": 1}}
+    with infoshape.Session(model, ["shade"], options) as s:
+        s.loss(s.model(x), y).backward()
+        s.step_end()
+        averages = s.plugins["shade"].plugin.averages
+        assert {n: a.mu.shape[1] for n, a in averages.items()} == {"relu_pre": 5}  # fc2's width
+    with pytest.raises(PluginLoadError):
+        infoshape.Session(model, ["shade"], {"shade": {"call": -1}})
+
+
 # ------------------------------------------------------------------------ state dicts
 def test_state_dict_round_trip_continues_the_same_averages():
     torch.manual_seed(0)
@@ -445,3 +475,19 @@ def test_shade_cnn_is_the_papers_network():
     ]
     assert model.fc.in_features == 1024  # 28 -> 14 -> 7 -> 4 (ceil-mode pooling), 64·4·4
     assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
+
+
+def test_a_relu_called_twice_is_regularized_at_each_call_by_default():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3)), torch.arange(4)
+    with infoshape.Session(
+        model, plugins=["shade"], options={"shade": {"layers": ["layer1.0.relu"]}}
+    ) as s:
+        loss = s.loss(s.model(x), y)
+        loss.backward()
+        names = sorted(k for k in s.captures if k.startswith("layer1.0.relu"))
+        s.step_end()
+    assert names == ["layer1.0.relu_pre#0", "layer1.0.relu_pre#1"]  # both calls' inputs
+    assert torch.isfinite(loss)
