@@ -49,7 +49,7 @@ from infoshape.objective import Penalty, cross_entropy
 from infoshape.options import build_config, config_as_dict
 from infoshape.plugin_manager import PluginInfo, PluginManager, build_plugin_manager
 from infoshape.probe import Probe, as_probe, run_probe
-from infoshape.store import RunStore
+from infoshape.store import RunStore, location
 from infoshape.syntax import option_syntax, plugin_syntax
 
 __all__ = ["Session"]
@@ -67,7 +67,8 @@ class Session:
         plugins: entry-point names and/or plugin objects (modules, classes, instances).
         options: per-plugin options, ``{"shade": {"beta": 0.1}}``, validated against each
             plugin's ``Config`` attrs class.
-        store: path of the zarr store to write (``None``: no store).
+        store: path of the zarr store to write (``None``: no store), or an fsspec URL
+            (``"s3://bucket/runs/a.zarr"``, ``"gs://..."``, ``"memory://a.zarr"``).
         n_train: number of training samples (some penalties divide by it).
         taps: extra taps requested by the user (e.g. to store a layer), besides the plugins'.
         seed: the run's seed, recorded in the manifest (the session does not seed torch).
@@ -96,6 +97,9 @@ class Session:
         store_options: options of the store writer :class:`~infoshape.store.RunStore`:
             ``queue_size`` (pending writes before training waits), ``codec``
             (``"none"``, ``"lz4"``, ``"zstd"``), ``flush_steps``, ``store_probe_inputs``.
+        storage_options: options of the fsspec filesystem of a URL ``store``
+            (``{"key": ..., "secret": ..., "client_kwargs": {"endpoint_url": ...}}`` for
+            S3); never written to the store's manifest.
 
     Under ``torch.distributed`` (DDP) each rank runs a session on its own batches;
     see :mod:`infoshape.distributed` for how taps, the probe set, metrics and the
@@ -128,6 +132,7 @@ class Session:
         sinks: Iterable[MetricSink] = (),
         resume: Mapping[str, Any] | None = None,
         store_options: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
         log_every: int = 50,
         check_every: Literal[1] | None = None,
     ) -> None:
@@ -157,6 +162,8 @@ class Session:
         self.on_nonfinite = on_nonfinite
         self.probe_batch_size = probe_batch_size
         self._store_options = dict(store_options or {})
+        if storage_options:
+            self._store_options["storage_options"] = dict(storage_options)
         self.step = 0
         self.epoch = 0
         self.closed = False
@@ -262,7 +269,8 @@ class Session:
                 "backend": str(dist.get_backend()),
                 "probe_sharding": "strided",
                 "rank_stores": [
-                    distributed.rank_store_path(store, r).name for r in range(self.world_size)
+                    location.name_of(distributed.rank_store_path(store, r))
+                    for r in range(self.world_size)
                 ],
             }
         return {
