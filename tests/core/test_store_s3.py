@@ -1,0 +1,90 @@
+"""Stores on an object store: a real S3 endpoint (moto's server) on 127.0.0.1, not a mock.
+
+A run is written to ``s3://`` through ``Session``; another is SIGKILLed mid-epoch
+(its store holds rows of the partial epoch) and resumed from its checkpoint beside
+the store on S3. Both are read with plain ``xarray.open_datatree(url, engine="zarr",
+storage_options=...)``: every epoch and step exactly once, the values those of a local
+run with the same seed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import infoshape
+from infoshape.checkpoint import checkpoint_path, load_checkpoint
+from infoshape.errors import StoreError
+
+CHILD = Path(__file__).with_name("s3_session_child.py")
+EPOCHS = 3
+spec = importlib.util.spec_from_file_location("s3_session_child", CHILD)
+assert spec is not None and spec.loader is not None
+child = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(child)
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory):
+    store = tmp_path_factory.mktemp("local") / "ref.zarr"
+    child.run(str(store), None, EPOCHS)
+    return xr.open_datatree(store, engine="zarr")
+
+
+def _check_equal(tree: xr.DataTree, reference: xr.DataTree) -> None:
+    probe, expected = tree["probe"].to_dataset(), reference["probe"].to_dataset()
+    np.testing.assert_array_equal(probe["epoch"].values, np.arange(EPOCHS))  # each epoch once
+    np.testing.assert_array_equal(probe["hidden"].values, expected["hidden"].values)
+    metrics, expected_metrics = tree["metrics"].to_dataset(), reference["metrics"].to_dataset()
+    np.testing.assert_array_equal(metrics["step"].values, np.arange(EPOCHS * child.STEPS))
+    np.testing.assert_array_equal(metrics["loss"].values, expected_metrics["loss"].values)
+
+
+def test_session_writes_kills_and_resumes_on_s3(s3_bucket, local_reference):
+    prefix, options = s3_bucket
+    complete, killed = f"{prefix}/runs/a.zarr", f"{prefix}/runs/b.zarr"
+
+    child.run(complete, options, EPOCHS)
+    tree = xr.open_datatree(complete, engine="zarr", storage_options=options)
+    assert tree.attrs["status"] == "complete"
+    _check_equal(tree, local_reference)
+    assert "testing" not in json.dumps(tree.attrs, default=str)  # no credentials stored
+
+    process = subprocess.run(
+        [sys.executable, str(CHILD), killed, json.dumps(options), str(EPOCHS), "1:2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == -9, process.stderr  # SIGKILL, mid epoch 1
+    assert "EPOCH 0" in process.stdout and "EPOCH 1" not in process.stdout
+    partial = infoshape.open_store(killed, storage_options=options)  # a killed store opens
+    assert partial.attrs["status"] == "running"
+    assert partial["probe"]["epoch"].values.tolist() == [0]
+    assert partial["metrics"]["step"].size == child.STEPS + 3  # rows past the checkpoint
+    checkpoint = load_checkpoint(checkpoint_path(killed), options)
+    assert checkpoint_path(killed) == f"{killed}.checkpoint.pt"  # beside it, on S3
+    assert checkpoint["session"]["epoch"] == 1
+
+    child.run(killed, options, EPOCHS, resume=True)
+    resumed = xr.open_datatree(killed, engine="zarr", storage_options=options)
+    assert resumed.attrs["status"] == "complete"
+    assert [r["epoch"] for r in resumed.attrs["resumed"]] == [1]
+    _check_equal(resumed, local_reference)
+
+
+def test_s3_store_is_not_replaced_without_overwrite(s3_bucket):
+    prefix, options = s3_bucket
+    url = f"{prefix}/c.zarr"
+    child.run(url, options, 1)
+    with pytest.raises(StoreError, match="already exists"):
+        child.run(url, options, 1)
+    with pytest.raises(StoreError, match="no infoshape store"):
+        infoshape.open_store(f"{prefix}/missing.zarr", storage_options=options)
