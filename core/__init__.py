@@ -59,9 +59,11 @@ _LAZY = {
     "list_estimators": "infoshape.registry",
     "Session": "infoshape.session",
     "open_store": "infoshape.store.read",
+    "open_runs": "infoshape.apps.runs",
 }
 
 if TYPE_CHECKING:
+    from infoshape.apps.runs import open_runs
     from infoshape.capture import Tap
     from infoshape.hookspecs import hookimpl
     from infoshape.objective import Penalty
@@ -165,5 +167,6 @@ __all__ = [
     "hookimpl",
     "list_datasets",
     "list_estimators",
+    "open_runs",
     "open_store",
 ]
