@@ -63,7 +63,6 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from infoshape.apps.runs import open_runs
     from infoshape.capture import Tap
     from infoshape.hookspecs import hookimpl
     from infoshape.objective import Penalty
