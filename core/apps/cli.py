@@ -8,6 +8,7 @@ without a traceback and exits with status 2; so does a usage error.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -114,6 +115,50 @@ def parse_assignment(text: str, dotted: bool) -> tuple[str | None, str, Any]:
     return plugin, key, parse_toml_value(right.strip())
 
 
+# ------------------------------------------------------------------ storage options
+def add_storage_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--storage-option KEY=VALUE`` (repeatable) for stores at fsspec URLs."""
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="storage_options",
+        help="an option of the filesystem of a store at a URL (s3://bucket/a.zarr), VALUE "
+        "as JSON when it parses (repeatable; a dotted KEY nests: "
+        "client_kwargs.endpoint_url=http://127.0.0.1:9000)",
+    )
+
+
+def parse_storage_options(texts: Sequence[str]) -> dict[str, Any]:
+    """``["anon=true", "client_kwargs.endpoint_url=http://..."]`` as fsspec ``storage_options``.
+
+    Raises:
+        ConfigError: an entry without ``=``.
+    """
+    options: dict[str, Any] = {}
+    for text in texts:
+        key, equals, value = text.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(
+                "cannot read a storage option",
+                expected="KEY=VALUE (VALUE as JSON when it parses)",
+                got=repr(text),
+                fix="write it as --storage-option anon=true or "
+                "--storage-option client_kwargs.endpoint_url=http://127.0.0.1:9000",
+            )
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        *parents, last = key.strip().split(".")
+        table = options
+        for part in parents:
+            table = table.setdefault(part, {})
+        table[last] = parsed
+    return options
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML train config (see ``infoshape train --help``) into a plain dict.
 
@@ -191,7 +236,8 @@ def _add_train(commands: Any) -> None:
         metavar="PLUGIN.KEY=VALUE",
         help="a plugin option, VALUE in TOML syntax: shade.beta=0.1 (repeatable)",
     )
-    add("--store", metavar="PATH", help="zarr store to write (default runs/<dataset>-<model>.zarr)")
+    add("--store", metavar="PATH", help="zarr store to write, a path or an fsspec URL "
+        "(s3://bucket/a.zarr) (default runs/<dataset>-<model>.zarr)")  # fmt: skip
     add("--no-store", action="store_true", help="write no store")
     add("--overwrite", action="store_const", const=True, help="replace an existing store")
     add(
@@ -227,6 +273,7 @@ def _add_train(commands: Any) -> None:
         dest="progress",
         help="no progress bar (there is none when stderr is not a terminal)",
     )
+    add_storage_option(p)
     p.set_defaults(run=_run_train)
 
 
@@ -253,6 +300,7 @@ def _add_analyze(commands: Any) -> None:
     add("--option", action="append", default=[], metavar="KEY=VALUE", help="an estimator "
         "option, VALUE in TOML syntax: noise_var=0.01 (repeatable)")  # fmt: skip
     add("--no-progress", action="store_false", dest="progress", help="no progress bar")
+    add_storage_option(p)
     p.set_defaults(run=_run_analyze)
 
 
@@ -289,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", metavar="STORE", help="the run store (a .zarr folder)")
     p.add_argument("--out", metavar="DIR", help="output folder (default STORE stem + .report)")
+    add_storage_option(p)
     p.set_defaults(run=_run_report)
     p = commands.add_parser(
         "plugins",
@@ -369,11 +418,12 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _run_train(args: argparse.Namespace) -> int:
     from infoshape.apps.trainer import TrainConfig, resume_config, train
 
+    storage = parse_storage_options(args.storage_options)
     if args.resume:
-        config, resume = resume_config(args.resume, train_settings(args))
+        config, resume = resume_config(args.resume, train_settings(args), storage)
     else:
         config, resume = TrainConfig.from_mapping(train_settings(args)), False
-    result = train(config, resume=resume)
+    result = train(config, resume=resume, storage_options=storage)
     print(
         f"trained {config.model} on {config.dataset} for {config.epochs} epochs "
         f"in {result.elapsed_s:.1f} s" + (" (resumed)" if resume else "")
@@ -395,7 +445,16 @@ def _run_analyze(args: argparse.Namespace) -> int:
     own = {key: getattr(args, key) for key in ("taps", "max_samples", "seed", "name")}
     options = dict(parse_assignment(text, dotted=False)[1:] for text in args.option)
     epochs, bar = parse_epochs(args.epochs), args.progress and sys.stderr.isatty()
-    result = analyze(args.store, args.estimator, epochs=epochs, progress=bar, **own, **options)
+    storage = parse_storage_options(args.storage_options)
+    result = analyze(
+        args.store,
+        args.estimator,
+        epochs=epochs,
+        progress=bar,
+        storage_options=storage,
+        **own,
+        **options,
+    )
     print(f"wrote {args.store}/analysis/{args.name or args.estimator}")
     print(format_results(result))
     return 0
@@ -404,7 +463,9 @@ def _run_analyze(args: argparse.Namespace) -> int:
 def _run_report(args: argparse.Namespace) -> int:
     from infoshape.apps.report import report
 
-    paths = report(args.store, out_dir=args.out)
+    paths = report(
+        args.store, out_dir=args.out, storage_options=parse_storage_options(args.storage_options)
+    )
     print("\n".join(map(str, paths)) or "nothing to draw: the store holds no metrics")
     if not any(p.name.startswith("information_plane") for p in paths):
         print(f"no analysis/ results: run `infoshape analyze {args.store} --estimator NAME`")

@@ -26,7 +26,7 @@ import re
 import struct
 import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import numpy as np
 import xarray as xr
 
 from infoshape.errors import ASSUMPTION_CONDITIONS, ConfigError
+from infoshape.store import location
 from infoshape.store.read import open_store
 from infoshape.syntax import by_syntax
 
@@ -54,7 +55,13 @@ _CEILING_RTOL = 1e-6
 
 
 def default_report_dir(store: str | Path) -> Path:
-    """``runs/a.zarr`` -> ``runs/a.report``: the folder :func:`report` writes to by default."""
+    """``runs/a.zarr`` -> ``runs/a.report``: the folder :func:`report` writes to by default.
+
+    A store at an fsspec URL (``s3://bucket/runs/a.zarr``) gives ``a.report`` in the
+    current folder: the PNG files are written locally.
+    """
+    if location.is_url(store):
+        return Path(f"{Path(location.name_of(store)).stem}.report")
     path = Path(store)
     return path.parent / f"{path.stem}.report"
 
@@ -400,13 +407,19 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def report(store: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+def report(
+    store: str | Path,
+    out_dir: str | Path | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[Path]:
     """Draw a run's plots: one information plane per ``analysis/<name>``, and the metrics.
 
     Args:
         store: a run store (``infoshape train`` writes one; ``infoshape analyze`` adds
             ``analysis/<name>``).
-        out_dir: folder for the PNG files (default ``<store stem>.report`` beside the store).
+        out_dir: folder for the PNG files (default ``<store stem>.report`` beside the store;
+            in the current folder for a store at a URL).
+        storage_options: options of the filesystem of a store at an fsspec URL.
 
     Returns:
         The paths written: ``information_plane_<name>.png`` per analysis, then
@@ -417,7 +430,7 @@ def report(store: str | Path, out_dir: str | Path | None = None) -> list[Path]:
         ConfigError: ``out_dir`` is a file, cannot be written, or holds a file of one of
             those names that no report wrote (nothing is written then).
     """
-    tree = open_store(store)
+    tree = open_store(store, storage_options=storage_options)
     out = Path(out_dir) if out_dir is not None else default_report_dir(store)
     written: list[Path] = []
     probe = tree["probe"].to_dataset() if "probe" in tree.children else xr.Dataset()

@@ -47,6 +47,7 @@ from infoshape.errors import ConfigError, DatasetNotFoundError, RunInterrupted, 
 from infoshape.probe import Probe
 from infoshape.registry import get_dataset
 from infoshape.session import Session
+from infoshape.store import location
 from infoshape.syntax import by_syntax, plugin_syntax
 
 __all__ = [
@@ -280,7 +281,7 @@ class TrainResult:
     train_loss: float
     test_accuracy: float
     test_loss: float
-    store: Path | None
+    store: Path | str | None
     elapsed_s: float
     history: tuple[dict[str, Any], ...]
     config: TrainConfig
@@ -457,9 +458,13 @@ def _evaluate_splits(
 
 # ------------------------------------------------------------------ resume
 def resume_config(
-    store: str | Path, settings: Mapping[str, Any] | None = None
+    store: str | Path,
+    settings: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[TrainConfig, bool]:
     """The config of the run whose store is ``store``, with ``settings`` applied.
+
+    ``store`` may be an fsspec URL, reached with ``storage_options``.
 
     ``settings`` (from the command line) may change :data:`RESUMABLE_SETTINGS`
     (``epochs`` to train longer); any other setting must equal the run's own.
@@ -473,7 +478,7 @@ def resume_config(
         ConfigError: ``settings`` change a setting of the run (unless ``overwrite``:
             then the returned config starts a new run at ``store``, replacing it).
     """
-    saved = dict(load_checkpoint(checkpoint_path(store))["config"])
+    saved = dict(load_checkpoint(checkpoint_path(store), storage_options)["config"])
     settings = {**dict(settings or {}), "store": str(store)}
     changed = {
         k: v
@@ -503,7 +508,7 @@ def _normalized(value: Any) -> Any:
     return float(value) if _is_int(value) else value
 
 
-def _resume_state(config: TrainConfig) -> dict[str, Any]:
+def _resume_state(config: TrainConfig, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     """The checkpoint to resume ``config`` from, checked against the store's run."""
     if config.store is None:
         raise ConfigError(
@@ -512,7 +517,7 @@ def _resume_state(config: TrainConfig) -> dict[str, Any]:
             got="store=None",
             fix=by_syntax("give the config the store to resume", "pass --resume STORE"),
         )
-    state = load_checkpoint(checkpoint_path(config.store))
+    state = load_checkpoint(checkpoint_path(config.store), storage_options)
     saved = {k: v for k, v in state["config"].items() if k not in RESUMABLE_SETTINGS}
     given = {k: v for k, v in config.as_dict().items() if k not in RESUMABLE_SETTINGS}
     if _normalized(saved) != _normalized(given):
@@ -535,6 +540,7 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     loader: DataLoader,
     history: list[dict[str, Any]],
+    storage_options: Mapping[str, Any] | None,
 ) -> None:
     """Flush the store, then write the checkpoint of the epoch that just ended."""
     assert config.store is not None and loader.generator is not None
@@ -549,6 +555,7 @@ def _save_checkpoint(
             "rng": rng_state(loader.generator),
             "history": [{k: _plain_metric(v) for k, v in h.items()} for h in history],
         },
+        storage_options,
     )
 
 
@@ -586,7 +593,9 @@ def _interrupted(config: TrainConfig, kept: int) -> RunInterrupted:
 
 
 # ------------------------------------------------------------------ loop
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+def train(
+    config: TrainConfig, resume: bool = False, storage_options: Mapping[str, Any] | None = None
+) -> TrainResult:
     """Train ``config.model`` on ``config.dataset`` through a :class:`~infoshape.Session`.
 
     With a store, a checkpoint (model, optimizer, random generators, session and plugin
@@ -595,6 +604,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     complete epoch of the run in ``config.store``: the store is reopened and appended,
     rows of a partial epoch dropped, so every epoch and step is stored exactly once,
     and the resumed epochs draw the same batches as an uninterrupted run.
+
+    ``config.store`` may be an fsspec URL (``s3://bucket/runs/a.zarr``): ``storage_options``
+    reach its filesystem, and are not recorded in the store or the checkpoint.
 
     Returns:
         the final accuracies and losses, the store path and the elapsed time.
@@ -617,7 +629,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     model.to(device)
     taps = config.taps if config.taps is not None else tuple(getattr(model, "default_taps", ()))
     config = attrs.evolve(config, taps=taps)
-    checkpoint = _resume_state(config) if resume else None
+    checkpoint = _resume_state(config, storage_options) if resume else None
     probe = _probe_set(test_set, config.probe_size, config.seed) if config.probe else None
     loader = DataLoader(
         _Indexed(train_set),
@@ -632,6 +644,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         plugins=list(config.plugins),
         options=config.options,
         store=config.store,
+        storage_options=storage_options,
         n_train=len(train_set),  # type: ignore[arg-type]
         taps=[Tap(name, store=True) for name in taps] if probe is not None else [],
         seed=config.seed,
@@ -661,7 +674,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 metrics.update(s.epoch_end(probe=probe))
                 history.append(metrics)
                 if config.store is not None:
-                    _save_checkpoint(s, config, optimizer, loader, history)
+                    _save_checkpoint(s, config, optimizer, loader, history, storage_options)
                     kept = s.epoch
     except KeyboardInterrupt as err:  # the session closed the store as "interrupted"
         raise _interrupted(config, kept) from err
@@ -671,7 +684,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         train_loss=last["train.loss"],
         test_accuracy=last["test.accuracy"],
         test_loss=last["test.loss"],
-        store=Path(config.store) if config.store is not None else None,
+        store=location.normalize(config.store) if config.store is not None else None,
         elapsed_s=time.perf_counter() - start,
         history=tuple(history),
         config=config,

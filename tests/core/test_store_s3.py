@@ -88,3 +88,32 @@ def test_s3_store_is_not_replaced_without_overwrite(s3_bucket):
         child.run(url, options, 1)
     with pytest.raises(StoreError, match="no infoshape store"):
         infoshape.open_store(f"{prefix}/missing.zarr", storage_options=options)
+
+
+def test_cli_train_resume_analyze_report_on_s3(s3_bucket, tmp_path, capsys):
+    from infoshape.apps.cli import main, parse_storage_options
+
+    prefix, options = s3_bucket
+    url = f"{prefix}/cli/a.zarr"
+    flags = [
+        "--storage-option=key=testing",
+        "--storage-option=secret=testing",
+        f"--storage-option=client_kwargs.endpoint_url={options['client_kwargs']['endpoint_url']}",
+    ]
+    assert parse_storage_options([f[len("--storage-option=") :] for f in flags]) == options
+    small = ["--model-option", "hidden=[8]", "--probe-size", "30", "--batch-size", "256"]
+    train = ["train", "--store", url, "--epochs", "1", "--no-progress", *small, *flags]
+    assert main(train) == 0
+    assert main(["train", "--resume", url, "--epochs", "2", "--no-progress", *flags]) == 0
+    analyze = ["analyze", url, "--estimator", "kl_pairwise", "--no-progress", *flags]
+    assert main(analyze) == 0
+    assert main(["report", url, "--out", str(tmp_path / "report"), *flags]) == 0
+    capsys.readouterr()
+
+    tree = xr.open_datatree(url, engine="zarr", storage_options=options)
+    assert tree.attrs["status"] == "complete" and len(tree.attrs["resumed"]) == 1
+    np.testing.assert_array_equal(tree["probe"]["epoch"].values, [0, 1])
+    assert tree["analysis"]["kl_pairwise"]["I_XT"].shape[0] == 2
+    assert (tmp_path / "report" / "information_plane_kl_pairwise.png").is_file()
+    assert main(train) == 2  # the store exists: refused, nothing deleted
+    assert "a store already exists at s3://" in capsys.readouterr().err
