@@ -8,7 +8,6 @@ without a traceback and exits with status 2; so does a usage error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from infoshape.errors import ConfigError, InfoshapeError
+from infoshape.store.location import parse_storage_options
 from infoshape.syntax import cli_syntax
 
 __all__ = [
@@ -128,35 +128,6 @@ def add_storage_option(parser: argparse.ArgumentParser) -> None:
         "as JSON when it parses (repeatable; a dotted KEY nests: "
         "client_kwargs.endpoint_url=http://127.0.0.1:9000)",
     )
-
-
-def parse_storage_options(texts: Sequence[str]) -> dict[str, Any]:
-    """``["anon=true", "client_kwargs.endpoint_url=http://..."]`` as fsspec ``storage_options``.
-
-    Raises:
-        ConfigError: an entry without ``=``.
-    """
-    options: dict[str, Any] = {}
-    for text in texts:
-        key, equals, value = text.partition("=")
-        if not equals or not key.strip():
-            raise ConfigError(
-                "cannot read a storage option",
-                expected="KEY=VALUE (VALUE as JSON when it parses)",
-                got=repr(text),
-                fix="write it as --storage-option anon=true or "
-                "--storage-option client_kwargs.endpoint_url=http://127.0.0.1:9000",
-            )
-        try:
-            parsed: Any = json.loads(value)
-        except ValueError:
-            parsed = value
-        *parents, last = key.strip().split(".")
-        table = options
-        for part in parents:
-            table = table.setdefault(part, {})
-        table[last] = parsed
-    return options
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -14,8 +14,9 @@ Storage options are never written to the store (they may hold credentials).
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ __all__ = [
     "exists",
     "filesystem",
     "is_url",
+    "join",
     "name_of",
     "normalize",
+    "parse_storage_options",
     "with_name",
     "zarr_store",
 ]
@@ -63,6 +66,14 @@ def with_name(path: str | Path, name: str) -> StorePath:
     return f"{parent}/{name}"
 
 
+def join(base: str | Path, *parts: str) -> StorePath:
+    """``base / parts`` for a local path, ``base/parts`` for a URL."""
+    base = normalize(base)
+    if isinstance(base, Path):
+        return base.joinpath(*parts)
+    return "/".join([base, *parts])
+
+
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
     """The fsspec filesystem of ``url`` and the path inside it (listings cache cleared)."""
     from fsspec.core import url_to_fs
@@ -93,3 +104,34 @@ def zarr_store(
     return FsspecStore.from_url(
         path, storage_options=dict(storage_options or {}), read_only=read_only
     )
+
+
+def parse_storage_options(texts: Sequence[str]) -> dict[str, Any]:
+    """``["anon=true", "client_kwargs.endpoint_url=http://..."]`` as fsspec ``storage_options``.
+
+    Raises:
+        ConfigError: an entry without ``=``.
+    """
+    from infoshape.errors import ConfigError
+
+    options: dict[str, Any] = {}
+    for text in texts:
+        key, equals, value = text.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(
+                "cannot read a storage option",
+                expected="KEY=VALUE (VALUE as JSON when it parses)",
+                got=repr(text),
+                fix="write it as --storage-option anon=true or "
+                "--storage-option client_kwargs.endpoint_url=http://127.0.0.1:9000",
+            )
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        *parents, last = key.strip().split(".")
+        table: dict[str, Any] = options
+        for part in parents:
+            table = table.setdefault(part, {})
+        table[last] = parsed
+    return options

@@ -91,7 +91,8 @@ def test_s3_store_is_not_replaced_without_overwrite(s3_bucket):
 
 
 def test_cli_train_resume_analyze_report_on_s3(s3_bucket, tmp_path, capsys):
-    from infoshape.apps.cli import main, parse_storage_options
+    from infoshape.apps.cli import main
+    from infoshape.store.location import parse_storage_options
 
     prefix, options = s3_bucket
     url = f"{prefix}/cli/a.zarr"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from torch import nn
 
@@ -72,8 +73,6 @@ def test_probe_group_and_a_glob(sweep):
 def _run(store, width, epochs, extra_metric=False):
     model = nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2))
     x, y = np.random.default_rng(0).normal(size=(16, 4)).astype("float32"), np.arange(16) % 2
-    import torch
-
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     with infoshape.Session(model, store=store, taps=[infoshape.Tap("0", store=True)], seed=3) as s:
         for _ in range(epochs):
@@ -112,18 +111,22 @@ def test_incompatible_runs_are_refused_with_the_reason(tmp_path):
         infoshape.open_runs([tmp_path / "a.zarr"], group="nope")
 
 
-def test_runs_on_s3(s3_bucket):
+def test_a_sweep_on_s3_and_its_runs(s3_bucket):
     prefix, options = s3_bucket
-    for name in ("a", "b"):
-        _run_url = f"{prefix}/runs/{name}.zarr"
-        model = nn.Linear(4, 2)
-        import torch
+    out = f"{prefix}/sweeps/a"
+    grid = {"out": out, "seeds": [0], "plugins": ["cr"], "coefficients": [0.01]}
+    config = SweepConfig.from_mapping({**BASE, "sweep": grid})
+    result = run_sweep(config, progress=False, log=lambda _: None, storage_options=options)
+    assert result.failed == {} and len(result.ran) == 2
+    again = run_sweep(config, progress=False, log=lambda _: None, storage_options=options)
+    assert again.ran == () and len(again.skipped) == 2  # complete cells on S3 are kept
+    summary = {group: stats for group, _, stats in summarize(out, options).rows}
 
-        x, y = torch.zeros(4, 4), torch.zeros(4, dtype=torch.long)
-        with infoshape.Session(model, store=_run_url, storage_options=options, seed=1) as s:
-            s.loss(s.model(x), y).backward()
-            s.step_end()
-            s.epoch_end()
-    runs = infoshape.open_runs(f"{prefix}/runs/*.zarr", storage_options=options)
-    assert runs.sizes["run"] == 2 and runs["store"].values[0] == f"{prefix}/runs/a.zarr"
-    assert isinstance(runs, xr.Dataset)
+    with pytest.warns(InfoshapeWarning, match="penalty.cr only in 1 of 2"):
+        runs = infoshape.open_runs(out, storage_options=options)
+    assert runs["name"].values.tolist() == ["baseline-seed0", "cr-0.01-seed0"]
+    assert runs["store"].values[0] == f"{out}/cells/baseline-seed0.zarr"
+    error = 100 * (1 - runs["test.accuracy"].sel(plugin="cr").isel(epoch=-1))  # one run
+    assert float(error) == pytest.approx(summary["cr-0.01"]["test_error"][0], abs=1e-9)
+    globbed = infoshape.open_runs(f"{out}/cells/*.zarr", storage_options=options, group="probe")
+    assert globbed.sizes["run"] == 2 and isinstance(globbed, xr.Dataset)
