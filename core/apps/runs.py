@@ -224,7 +224,7 @@ def _plain_strings(ds: xr.Dataset) -> xr.Dataset:
 
 def _check_alignable(datasets: Sequence[xr.Dataset], paths: Sequence[Any]) -> None:
     """Refuse runs whose variables or unindexed dims cannot be put side by side."""
-    first_dims: dict[str, tuple[tuple[str, ...], Any]] = {}
+    first_dims: dict[str, tuple[tuple[Any, ...], Any]] = {}
     first_size: dict[str, tuple[int, Any]] = {}
     for ds, path in zip(datasets, paths, strict=True):
         for name, var in ds.variables.items():

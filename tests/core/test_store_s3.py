@@ -118,3 +118,28 @@ def test_cli_train_resume_analyze_report_on_s3(s3_bucket, tmp_path, capsys):
     assert (tmp_path / "report" / "information_plane_kl_pairwise.png").is_file()
     assert main(train) == 2  # the store exists: refused, nothing deleted
     assert "a store already exists at s3://" in capsys.readouterr().err
+
+
+def test_overwrite_at_a_url_replaces_only_infoshape_stores():
+    import fsspec
+
+    from infoshape.checkpoint import save_checkpoint
+    from infoshape.store import RunStore
+
+    fs = fsspec.filesystem("memory")
+    url = "memory://guard/a.zarr"
+    RunStore(url, {"infoshape_version": "x"}).close()
+    save_checkpoint(checkpoint_path(url), {"session": {}})
+    first = infoshape.open_store(url).attrs["run_id"]
+    with pytest.raises(StoreError, match="already exists"):
+        RunStore(url, {"infoshape_version": "x"})
+    RunStore(url, {"infoshape_version": "x"}, overwrite=True).close()
+    assert infoshape.open_store(url).attrs["run_id"] != first
+    assert not fs.exists("/guard/a.zarr.checkpoint.pt")  # the old run's checkpoint went too
+
+    fs.pipe_file("/guard/theirs.zarr/data.bin", b"mine")
+    with pytest.raises(StoreError, match="did not write"):
+        RunStore("memory://guard/theirs.zarr", {}, overwrite=True)
+    assert fs.cat_file("/guard/theirs.zarr/data.bin") == b"mine"
+    with pytest.raises(StoreError, match="no checkpoint"):
+        load_checkpoint("memory://guard/none.zarr.checkpoint.pt")
