@@ -61,6 +61,7 @@ _LAZY = {
     "list_estimators": "infoshape.registry",
     "Session": "infoshape.session",
     "open_store": "infoshape.store.read",
+    "open_runs": "infoshape.apps.runs",
 }
 
 if TYPE_CHECKING:
@@ -171,5 +172,6 @@ __all__ = [
     "hookimpl",
     "list_datasets",
     "list_estimators",
+    "open_runs",
     "open_store",
 ]

@@ -78,10 +78,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def rank_store_path(path: str | Path, rank_: int) -> Path:
-    """The store of rank ``rank_``: ``path`` for rank 0, ``<stem>.rank<r><suffix>`` beside it."""
-    path = Path(path)
-    return path if rank_ == 0 else path.with_name(f"{path.stem}.rank{rank_}{path.suffix}")
+def rank_store_path(path: str | Path, rank_: int) -> Any:
+    """The store of rank ``rank_``: ``path`` for rank 0, ``<stem>.rank<r><suffix>`` beside it.
+
+    A local path gives a ``Path``, an fsspec URL a URL (:mod:`infoshape.store.location`).
+    """
+    from infoshape.store import location
+
+    path = location.normalize(path)
+    if rank_ == 0:
+        return path
+    stem, dot, suffix = location.name_of(path).rpartition(".")
+    name = f"{stem}.rank{rank_}.{suffix}" if dot else f"{suffix}.rank{rank_}"
+    return location.with_name(path, name)
 
 
 def strided_positions(n: int, world: int) -> np.ndarray:

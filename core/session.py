@@ -65,7 +65,8 @@ class Session:
         plugins: entry-point names and/or plugin objects (modules, classes, instances).
         options: per-plugin options, ``{"shade": {"beta": 0.1}}``, validated against each
             plugin's ``Config`` attrs class.
-        store: path of the zarr store to write (``None``: no store).
+        store: path of the zarr store to write (``None``: no store), or an fsspec URL
+            (``"s3://bucket/runs/a.zarr"``, ``"gs://..."``, ``"memory://a.zarr"``).
         n_train: number of training samples (some penalties divide by it).
         taps: extra taps requested by the user (e.g. to store a layer), besides the plugins'.
         seed: the run's seed, recorded in the manifest (the session does not seed torch).
@@ -96,6 +97,9 @@ class Session:
             (``"none"``, ``"lz4"``, ``"zstd"``), ``flush_steps``, ``store_probe_inputs``.
         observers: called after every hook call from the start on
             (:meth:`infoshape.hooks.HookCaller.observe`; ``session.hooks.observe`` later).
+        storage_options: options of the fsspec filesystem of a URL ``store``
+            (``{"key": ..., "secret": ..., "client_kwargs": {"endpoint_url": ...}}`` for
+            S3); never written to the store's manifest.
 
     Under ``torch.distributed`` (DDP) each rank runs a session on its own batches;
     see :mod:`infoshape.distributed` for how taps, the probe set, metrics and the
@@ -128,6 +132,7 @@ class Session:
         sinks: Iterable[MetricSink] = (),
         resume: Mapping[str, Any] | None = None,
         store_options: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
         log_every: int = 50,
         check_every: Literal[1] | None = None,
         observers: Iterable[Observer] = (),
@@ -152,6 +157,8 @@ class Session:
         self._store: RunStore | None = None
         self._taps: TapWriter | None = None  # the stored taps' way into the store
         self._store_options = dict(store_options or {})
+        if storage_options:
+            self._store_options["storage_options"] = dict(storage_options)
         # checks in the step itself (a host sync each): asked for, or needed by "skip"
         self._check_in_step = check_every == 1 or on_nonfinite == "skip"
         held = "ignore" if self._check_in_step else on_nonfinite  # checked at each flush

@@ -87,3 +87,44 @@ def hf_trainer_without_shadowed_datasets(monkeypatch: pytest.MonkeyPatch) -> Non
         real = False
     if not real:
         monkeypatch.setattr(transformers.trainer, "is_datasets_available", lambda: False)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible HTTP endpoint on 127.0.0.1 (moto's server mode), for this session.
+
+    Yields the ``storage_options`` that reach it (as s3fs's own tests do). Started only
+    by tests that ask for it; skipped where ``moto[server]`` or ``s3fs`` is missing.
+    """
+    import socket
+
+    pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+    }
+    try:
+        yield options
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    """A fresh bucket on :func:`s3_endpoint`: ``(url prefix, storage_options)``."""
+    import re
+
+    import s3fs
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") or "bucket"
+    fs = s3fs.S3FileSystem(**s3_endpoint)
+    fs.mkdir(name)
+    fs.invalidate_cache()
+    return f"s3://{name}", s3_endpoint

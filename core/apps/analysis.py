@@ -55,6 +55,7 @@ from infoshape.errors import (
 )
 from infoshape.math.linalg import as_samples, label_entropy
 from infoshape.registry import Estimator, get_estimator, list_estimators, unknown_name
+from infoshape.store import location
 from infoshape.store.layout import GROUPS, INPUT
 from infoshape.store.read import open_store
 from infoshape.syntax import by_syntax
@@ -110,8 +111,8 @@ def _check_options(estimator: Estimator, options: Mapping[str, Any]) -> None:
             )
 
 
-def _probe(path: Path) -> xr.Dataset:
-    tree = open_store(path)
+def _probe(path: Any, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
+    tree = open_store(path, storage_options=storage_options)
     probe = tree["probe"].to_dataset() if "probe" in tree.children else xr.Dataset()
     taps = [n for n in probe.data_vars if n != INPUT and "epoch" in probe[n].dims]
     if not taps or probe.sizes.get("epoch", 0) == 0 or INPUT not in probe.data_vars:
@@ -248,6 +249,7 @@ def analyze(
     seed: int = 0,
     name: str | None = None,
     progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
     **estimator_options: Any,
 ) -> xr.Dataset:
     """Place every probe tap of every epoch on the information plane; write ``analysis/<name>``.
@@ -263,6 +265,8 @@ def analyze(
         seed: seed of the subset.
         name: the group under ``analysis/`` (default: the estimator's name).
         progress: show a progress bar over the ``(epoch, tap)`` slabs.
+        storage_options: options of the filesystem of a store at an fsspec URL
+            (``s3://bucket/runs/a.zarr``).
         **estimator_options: keyword options passed to ``information_plane``.
 
     Returns:
@@ -284,7 +288,7 @@ def analyze(
 
     from infoshape import __version__
 
-    path = Path(store)
+    path = location.normalize(store)
     record = resolve_estimator(estimator)
     _check_options(record, estimator_options)
     group = name or record.name
@@ -295,8 +299,8 @@ def analyze(
             got=repr(group),
             fix="pass another name (" + by_syntax("name=...", "--name NAME") + ")",
         )
-    probe = _probe(path)
-    _check_writable(path, group)  # before the work, not after it
+    probe = _probe(path, storage_options)
+    _check_writable(path, group, storage_options)  # before the work, not after it
     tap_names = _select_taps(probe, taps)
     epoch_values = _select_epochs(probe, epochs)
     samples = _select_samples(probe.sizes["sample"], max_samples, seed)
@@ -368,7 +372,7 @@ def analyze(
             "assumption_flags": flags,
         },
     )
-    write_analysis(path, group, result)
+    write_analysis(path, group, result, storage_options)
     return result
 
 
@@ -377,7 +381,7 @@ def _written_by_analysis(node: Any) -> bool:
     return isinstance(node, zarr.Group) and {"estimator", "infoshape_version"} <= set(node.attrs)
 
 
-def _refuse_foreign(store: Path, name: str, node: Any) -> None:
+def _refuse_foreign(store: Any, name: str, node: Any) -> None:
     if not _written_by_analysis(node):
         kind = "a group" if isinstance(node, zarr.Group) else "an array"
         raise StoreError(
@@ -389,13 +393,19 @@ def _refuse_foreign(store: Path, name: str, node: Any) -> None:
         )
 
 
-def _check_writable(store: Path, name: str) -> None:
-    """Refuse a store that cannot be written, or whose ``analysis/<name>`` is not ours."""
-    folder = store / "analysis" if (store / "analysis").is_dir() else store
+def _check_writable(
+    store: Any, name: str, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse a store that cannot be written, or whose ``analysis/<name>`` is not ours.
+
+    A store at a URL is not probed for writability (its permissions show at the write).
+    """
     try:
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".infoshape-")
-        os.close(handle)
-        os.unlink(probe)
+        if isinstance(store, Path):
+            folder = store / "analysis" if (store / "analysis").is_dir() else store
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=".infoshape-")
+            os.close(handle)
+            os.unlink(probe)
     except OSError as err:
         raise StoreError(
             f"cannot write the analysis into {store}",
@@ -404,13 +414,22 @@ def _check_writable(store: Path, name: str) -> None:
             fix="copy the store to a writable place and analyze the copy, or make it "
             "writable; nothing was computed",
         ) from err
-    root = zarr.open_group(str(store), mode="r", use_consolidated=False)
+    root = zarr.open_group(
+        location.zarr_store(store, storage_options, read_only=True),
+        mode="r",
+        use_consolidated=False,
+    )
     parent = root.get("analysis")
     if isinstance(parent, zarr.Group) and name in parent:
         _refuse_foreign(store, name, parent[name])
 
 
-def write_analysis(store: str | Path, name: str, result: xr.Dataset) -> None:
+def write_analysis(
+    store: str | Path,
+    name: str,
+    result: xr.Dataset,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
     """Write ``result`` as the group ``analysis/<name>`` (replacing it) and re-consolidate.
 
     Every variable becomes a zarr v3 array with ``dimension_names``; the Dataset's attrs
@@ -419,8 +438,10 @@ def write_analysis(store: str | Path, name: str, result: xr.Dataset) -> None:
     Raises:
         StoreError: ``analysis/<name>`` exists but no analysis wrote it (it is kept).
     """
-    path = Path(store)
-    root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    path = location.normalize(store)
+    root = zarr.open_group(
+        location.zarr_store(path, storage_options), mode="r+", use_consolidated=False
+    )
     if "analysis" not in root:
         root.create_group("analysis", attributes={"description": GROUPS["analysis"]})
     parent = root["analysis"]
@@ -443,46 +464,8 @@ def write_analysis(store: str | Path, name: str, result: xr.Dataset) -> None:
         array[...] = values.astype(object) if kind in "OTU" else values
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)  # not in the v3 spec yet
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(root.store)
 
 
-def parse_epochs(tokens: Sequence[str] | None) -> list[int] | slice | None:
-    """Read ``--epochs``: epoch values (``0 5 9``) or one slice by position (``::2``, ``-1:``).
-
-    Raises:
-        ConfigError: a token that is neither an integer nor a slice, or a slice among values.
-    """
-    if not tokens:
-        return None
-    try:
-        if len(tokens) == 1 and tokens[0].count(":") in (1, 2):
-            return slice(*(int(p) if p.strip() else None for p in tokens[0].split(":")))
-        return [int(t) for t in tokens]
-    except ValueError:
-        pass
-    raise ConfigError(
-        "cannot read --epochs",
-        expected="epoch values (0 5 9) or one START:STOP[:STEP] slice of the stored epochs",
-        got=" ".join(tokens),
-        fix="e.g. --epochs 0 9, --epochs ::2 (every other), --epochs=-1: (the last)",
-    )
-
-
-def format_results(result: xr.Dataset, max_rows: int = 40) -> str:
-    """A plain-text table of ``result``, one row per (epoch, tap); long tables cut in the middle.
-
-    The assumption flags get a column when any point has one.
-    """
-    attrs = result.attrs
-    flagged = "flags" in result and any(map(str, result["flags"].values.ravel().tolist()))
-    names = ["I_XT", "I_TY", "flags"] if flagged else ["I_XT", "I_TY"]
-    table = result[names].drop_vars("sample", errors="ignore").to_dataframe()
-    table.columns = [f"I(X;T) [{attrs.get('unit')}]", f"I(T;Y) [{attrs.get('unit')}]"] + (
-        ["assumption flags"] if flagged else []
-    )
-    options = ", ".join(f"{k}={v}" for k, v in (attrs.get("options") or {}).items())
-    head = f"estimator {attrs.get('estimator')} ({options or 'default options'}), "
-    head += f"{attrs.get('n_samples')} probe samples"
-    if attrs.get("H_Y") is not None:
-        head += f", H(Y) = {float(attrs['H_Y']):.4f}"
-    return head + "\n" + table.to_string(float_format="{:.4f}".format, max_rows=max_rows)
+# the command line's parts, importable from here as before
+from infoshape.apps.analysis_table import format_results, parse_epochs  # noqa: E402

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from infoshape.apps.flags import (
+    add_storage_option,
     formatter,
     parse_assignment,
     parse_toml_value,
@@ -93,6 +94,7 @@ def _add_analyze(commands: Any) -> None:
     add("--option", action="append", default=[], metavar="KEY=VALUE", help="an estimator "
         "option, VALUE in TOML syntax: noise_var=0.01 (repeatable)")  # fmt: skip
     add("--no-progress", action="store_false", dest="progress", help="no progress bar")
+    add_storage_option(p)
     p.set_defaults(run=_run_analyze)
 
 
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", metavar="STORE", help="the run store (a .zarr folder)")
     p.add_argument("--out", metavar="DIR", help="output folder (default STORE stem + .report)")
+    add_storage_option(p)
     p.set_defaults(run=_run_report)
     p = commands.add_parser(
         "plugins",
@@ -154,11 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ analyze, report
 def _run_analyze(args: argparse.Namespace) -> int:
     from infoshape.apps.analysis import analyze, format_results, parse_epochs
+    from infoshape.store.location import parse_storage_options
 
     own = {key: getattr(args, key) for key in ("taps", "max_samples", "seed", "name")}
     options = dict(parse_assignment(text, dotted=False)[1:] for text in args.option)
     epochs, bar = parse_epochs(args.epochs), args.progress and sys.stderr.isatty()
-    result = analyze(args.store, args.estimator, epochs=epochs, progress=bar, **own, **options)
+    storage = parse_storage_options(args.storage_options)
+    result = analyze(
+        args.store,
+        args.estimator,
+        epochs=epochs,
+        progress=bar,
+        storage_options=storage,
+        **own,
+        **options,
+    )
     print(f"wrote {args.store}/analysis/{args.name or args.estimator}")
     print(format_results(result))
     return 0
@@ -166,8 +179,11 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 def _run_report(args: argparse.Namespace) -> int:
     from infoshape.apps.report import report
+    from infoshape.store.location import parse_storage_options
 
-    paths = report(args.store, out_dir=args.out)
+    paths = report(
+        args.store, out_dir=args.out, storage_options=parse_storage_options(args.storage_options)
+    )
     print("\n".join(map(str, paths)) or "nothing to draw: the store holds no metrics")
     if not any(p.name.startswith("information_plane") for p in paths):
         print(f"no analysis/ results: run `infoshape analyze {args.store} --estimator NAME`")

@@ -18,6 +18,7 @@ from infoshape.errors import ConfigError
 __all__ = [
     "RUN_FLAG_KEYS",
     "add_run_flags",
+    "add_storage_option",
     "formatter",
     "option_tables",
     "parse_assignment",
@@ -43,6 +44,20 @@ RUN_FLAG_KEYS = (
 def formatter(prog: str) -> argparse.HelpFormatter:
     """The help formatter of every ``infoshape`` command (examples kept as written)."""
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def add_storage_option(parser: argparse.ArgumentParser, what: str = "a store") -> None:
+    """Add ``--storage-option KEY=VALUE`` (repeatable) for stores at fsspec URLs."""
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="storage_options",
+        help=f"an option of the filesystem of {what} at a URL (s3://bucket/a.zarr), VALUE "
+        "as JSON when it parses (repeatable; a dotted KEY nests: "
+        "client_kwargs.endpoint_url=http://127.0.0.1:9000)",
+    )
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:

@@ -26,14 +26,16 @@ import re
 import struct
 import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from infoshape.apps.metric_plots import plot_metrics
 from infoshape.errors import ASSUMPTION_CONDITIONS, ConfigError
+from infoshape.store import location
 from infoshape.store.read import open_store
 from infoshape.syntax import by_syntax
 
@@ -54,7 +56,13 @@ _CEILING_RTOL = 1e-6
 
 
 def default_report_dir(store: str | Path) -> Path:
-    """``runs/a.zarr`` -> ``runs/a.report``: the folder :func:`report` writes to by default."""
+    """``runs/a.zarr`` -> ``runs/a.report``: the folder :func:`report` writes to by default.
+
+    A store at an fsspec URL (``s3://bucket/runs/a.zarr``) gives ``a.report`` in the
+    current folder: the PNG files are written locally.
+    """
+    if location.is_url(store):
+        return Path(f"{Path(location.name_of(store)).stem}.report")
     path = Path(store)
     return path.parent / f"{path.stem}.report"
 
@@ -308,160 +316,23 @@ def _min_span(ax: Any, fraction: float = 0.05) -> None:
         axis.get_major_formatter().set_useOffset(False)
 
 
-def _scalar_series(metrics: xr.Dataset, dim: str) -> dict[str, xr.DataArray]:
-    return {
-        str(name): var
-        for name, var in metrics.data_vars.items()
-        if var.dims == (dim,) and var.dtype.kind in "fiub"
-    }
-
-
-def _is_flag(var: Any) -> bool:
-    """Whether a metric is a yes/no flag: booleans, or floats that are only ever 0 or 1."""
-    values = np.asarray(var.values)
-    if values.dtype.kind == "b":
-        return True
-    finite = values[np.isfinite(values.astype(float))] if values.dtype.kind in "fiu" else values
-    return bool(finite.size) and bool(np.isin(finite, (0, 1)).all()) and values.dtype.kind == "f"
-
-
-def _panels(step: dict[str, Any], epoch: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
-    """Group metric names into panels: (title, dim, names); empty panels left out.
-
-    Losses, penalties and accuracies have their own panels; yes/no flags (``mi_ce.dpi``)
-    one of their own (never beside real values on a log axis); the other epoch metrics
-    one panel per plugin (the name's first part: ``characteristics.fc1.sparsity`` goes to
-    ``characteristics``), so quantities of different units do not share an axis.
-    """
-
-    def pick(names: list[str], test: Callable[[str], bool]) -> list[str]:
-        chosen = [n for n in names if test(n)]
-        for n in chosen:
-            names.remove(n)
-        return chosen
-
-    s, e = sorted(step), sorted(epoch)
-    panels = [
-        ("training loss per step", "step", pick(s, lambda n: n.startswith("loss"))),
-        ("penalties per step", "step", pick(s, lambda n: n.startswith("penalty."))),
-        ("flags per step", "step", pick(s, lambda n: _is_flag(step[n]))),
-        ("other step metrics", "step", s),
-        ("accuracy per epoch", "epoch", pick(e, lambda n: "accuracy" in n)),
-        ("loss per epoch", "epoch", pick(e, lambda n: "loss" in n)),
-        ("penalties per epoch", "epoch", pick(e, lambda n: n.startswith("penalty."))),
-        ("flags per epoch", "epoch", pick(e, lambda n: _is_flag(epoch[n]))),
-    ]
-    for plugin in dict.fromkeys(n.split(".")[0] for n in e if "." in n):
-        panels.append(
-            (f"{plugin} per epoch", "epoch", pick(e, lambda n, p=plugin: n.startswith(p + ".")))
-        )
-    panels.append(("other epoch metrics", "epoch", e))
-    return [p for p in panels if p[2]]
-
-
-_YLABELS = {
-    "training loss": "loss (nats)",
-    "penalties": "penalty (unweighted)",
-    "accuracy": "accuracy",
-    "loss per epoch": "cross-entropy (nats)",
-    "flags": "flag (0 no, 1 yes)",
-}
-
-
-def _ylabel(title: str) -> str:
-    return next((label for key, label in _YLABELS.items() if title.startswith(key)), "value")
-
-
-def _smooth(values: np.ndarray, window: int) -> np.ndarray:
-    kernel = np.ones(window) / window
-    padded = np.concatenate([np.full(window - 1, values[0]), values])
-    return np.convolve(padded, kernel, mode="valid")
-
-
-def _draw(ax: Any, x: np.ndarray, y: np.ndarray, dim: str, k: int, name: str) -> str:
-    """One series on ``ax``; returns a note for the title (or "").
-
-    Missing values (a metric logged every 30 steps is NaN in between) are dropped, so the
-    points that exist are joined; a series with few points gets markers.
-    """
-    style = _LINESTYLES[k % len(_LINESTYLES)]  # coinciding curves stay visible
-    keep = np.isfinite(y)
-    sparse = keep.sum() < 0.5 * y.size
-    x, y = x[keep], y[keep]
-    if dim == "step" and y.size > 100:
-        window = max(5, y.size // 25)
-        (line,) = ax.plot(x, y, linewidth=0.6, alpha=0.3)
-        ax.plot(x, _smooth(y, window), color=line.get_color(), ls=style, label=name)
-        return f"\n(thin: each step; thick: mean of {window} steps)"
-    marker = _MARKERS[k % len(_MARKERS)] if dim == "epoch" or sparse else None
-    ax.plot(x, y, ls=style, marker=marker, markersize=4, label=name)
-    return ""
-
-
-def plot_metrics(metrics: xr.Dataset, path: str | Path) -> Path | None:
-    """Draw the scalar metrics over ``step`` and ``epoch`` to a PNG at ``path``.
-
-    Panels (:func:`_panels`): losses, penalties (log scale when all positive and spread
-    over more than a decade), flags (0/1, linear), accuracies, epoch losses, and the other
-    metrics one panel per plugin; every axis is labelled. Returns ``None`` (writing
-    nothing) when there is no scalar metric.
-    """
-    from matplotlib.ticker import MaxNLocator
-
-    step, epoch = _scalar_series(metrics, "step"), _scalar_series(metrics, "epoch")
-    panels = _panels(step, epoch)
-    if not panels:
-        return None
-    columns = 1 if len(panels) == 1 else 2
-    rows = -(-len(panels) // columns)
-    figure = _figure(6.0 * columns, 3.4 * rows)
-    series = {
-        **{("step", k): v for k, v in step.items()},
-        **{("epoch", k): v for k, v in epoch.items()},
-    }
-    for i, (title, dim, names) in enumerate(panels):
-        ax = figure.add_subplot(rows, columns, i + 1)
-        title_note = ""
-        values = []
-        for k, name in enumerate(names):
-            var = series[(dim, name)]
-            x, y = np.asarray(var[dim].values), np.asarray(var.values, dtype=float)
-            title_note = _draw(ax, x, y, dim, k, name) or title_note
-            values.append(y)
-        finite = np.concatenate(values)
-        finite = finite[np.isfinite(finite)]
-        flags = title.startswith("flags")
-        if (
-            not flags
-            and finite.size
-            and bool((finite > 0).all())
-            and finite.max() > 10 * finite.min()
-            and "accuracy" not in title
-        ):
-            ax.set_yscale("log")
-        if flags:
-            ax.set_yticks([0, 1], ["no", "yes"])
-            ax.set_ylim(-0.1, 1.1)
-        ax.set_title(title + title_note, fontsize="medium")
-        ax.set_xlabel(dim)
-        ax.set_ylabel(_ylabel(title))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
-    return _save(figure, Path(path))
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def report(store: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+def report(
+    store: str | Path,
+    out_dir: str | Path | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[Path]:
     """Draw a run's plots: one information plane per ``analysis/<name>``, and the metrics.
 
     Args:
         store: a run store (``infoshape train`` writes one; ``infoshape analyze`` adds
             ``analysis/<name>``).
-        out_dir: folder for the PNG files (default ``<store stem>.report`` beside the store).
+        out_dir: folder for the PNG files (default ``<store stem>.report`` beside the store;
+            in the current folder for a store at a URL).
+        storage_options: options of the filesystem of a store at an fsspec URL.
 
     Returns:
         The paths written: ``information_plane_<name>.png`` per analysis, then
@@ -472,7 +343,7 @@ def report(store: str | Path, out_dir: str | Path | None = None) -> list[Path]:
         ConfigError: ``out_dir`` is a file, cannot be written, or holds a file of one of
             those names that no report wrote (nothing is written then).
     """
-    tree = open_store(store)
+    tree = open_store(store, storage_options=storage_options)
     out = Path(out_dir) if out_dir is not None else default_report_dir(store)
     written: list[Path] = []
     probe = tree["probe"].to_dataset() if "probe" in tree.children else xr.Dataset()

@@ -40,9 +40,13 @@ RESUMABLE_SETTINGS = (
 
 
 def resume_config(
-    store: str | Path, settings: Mapping[str, Any] | None = None
+    store: str | Path,
+    settings: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[TrainConfig, bool]:
     """The config of the run whose store is ``store``, with ``settings`` applied.
+
+    ``store`` may be an fsspec URL, reached with ``storage_options``.
 
     ``settings`` (from the command line) may change :data:`RESUMABLE_SETTINGS`
     (``epochs`` to train longer); any other setting must equal the run's own.
@@ -56,7 +60,7 @@ def resume_config(
         ConfigError: ``settings`` change a setting of the run (unless ``overwrite``:
             then the returned config starts a new run at ``store``, replacing it).
     """
-    saved = dict(load_checkpoint(checkpoint_path(store))["config"])
+    saved = dict(load_checkpoint(checkpoint_path(store), storage_options)["config"])
     settings = {**dict(settings or {}), "store": str(store)}
     changed = {
         k: v
@@ -86,7 +90,9 @@ def _normalized(value: Any) -> Any:
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def resume_state(config: TrainConfig) -> dict[str, Any]:
+def resume_state(
+    config: TrainConfig, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The checkpoint to resume ``config`` from, checked against the store's run."""
     if config.store is None:
         raise ConfigError(
@@ -95,7 +101,7 @@ def resume_state(config: TrainConfig) -> dict[str, Any]:
             got="store=None",
             fix=by_syntax("give the config the store to resume", "pass --resume STORE"),
         )
-    state = load_checkpoint(checkpoint_path(config.store))
+    state = load_checkpoint(checkpoint_path(config.store), storage_options)
     saved = {k: v for k, v in state["config"].items() if k not in RESUMABLE_SETTINGS}
     given = {k: v for k, v in config.as_dict().items() if k not in RESUMABLE_SETTINGS}
     if _normalized(saved) != _normalized(given):
@@ -118,6 +124,7 @@ def save_run(
     optimizer: torch.optim.Optimizer,
     loader: DataLoader,
     history: list[dict[str, Any]],
+    storage_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Flush the store, then write the checkpoint of the epoch that just ended."""
     assert config.store is not None and loader.generator is not None
@@ -132,6 +139,7 @@ def save_run(
             "rng": rng_state(loader.generator),
             "history": [{k: _plain_metric(v) for k, v in h.items()} for h in history],
         },
+        storage_options,
     )
 
 

@@ -29,6 +29,10 @@ from scratch. The ``characteristics`` plugin is enabled in every cell (``charact
 the test error (%, last epoch) and of every ``characteristics.*`` metric (last epoch),
 all read back from the stores (:func:`summarize`).
 
+``out`` may be an fsspec URL (``s3://bucket/sweeps/a``, ``--storage-option`` on the
+command line, ``storage_options=`` of :func:`run_sweep`): the cells' stores,
+``sweep.json`` and the summaries are written there.
+
 Config file (TOML): the ``infoshape train`` keys at top level, the grid under ``[sweep]``::
 
     model = "mlp"
@@ -59,6 +63,7 @@ import attrs
 from infoshape.apps.sweep_command import add_parser, run_command, sweep_settings
 from infoshape.apps.sweep_summary import Summary, summarize
 from infoshape.errors import ConfigError, InfoshapeError
+from infoshape.store import location
 
 __all__ = [
     "Cell",
@@ -200,9 +205,9 @@ class Cell:
     settings: dict[str, Any] = attrs.field(eq=False, repr=False)
 
     @property
-    def store(self) -> Path:
-        """The cell's store path."""
-        return Path(self.settings["store"])
+    def store(self) -> location.StorePath:
+        """The cell's store path (a ``Path``, or a URL for a sweep at a URL)."""
+        return location.normalize(self.settings["store"])
 
 
 @attrs.frozen(kw_only=True)
@@ -310,7 +315,7 @@ class SweepConfig:
         for group, change in self.groups():
             for seed in self.seeds:
                 name = f"{group}-seed{seed}"
-                store = str(Path(self.out) / "cells" / f"{name}.zarr")
+                store = str(location.join(self.out, "cells", f"{name}.zarr"))
                 settings = _merge(base, {**change, "seed": seed, "store": store, "overwrite": True})
                 cells.append(Cell(name=name, group=group, seed=seed, settings=settings))
         return cells
@@ -320,7 +325,7 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def cell_status(cell: Cell) -> str:
+def cell_status(cell: Cell, storage_options: Mapping[str, Any] | None = None) -> str:
     """``"complete"`` (done with these settings), ``"missing"``, ``"incomplete"`` or ``"stale"``.
 
     ``"stale"``: complete, but trained with other settings than the cell's now.
@@ -329,10 +334,11 @@ def cell_status(cell: Cell) -> str:
 
     from infoshape.apps.trainer import TrainConfig
 
-    if not cell.store.exists():
+    if not location.exists(cell.store, storage_options):
         return "missing"
     try:
-        attrs_ = dict(zarr.open_group(str(cell.store), mode="r").attrs)
+        store = location.zarr_store(cell.store, storage_options, read_only=True)
+        attrs_ = dict(zarr.open_group(store, mode="r").attrs)
     except Exception:  # not a readable store: train it again
         return "incomplete"
     if attrs_.get("status") != "complete":
@@ -359,15 +365,18 @@ class SweepResult:
     skipped: tuple[str, ...]
     failed: dict[str, str]
     summary: Summary
-    out: Path
+    out: location.StorePath
 
 
 def run_sweep(
     config: SweepConfig,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> SweepResult:
     """Train every cell not yet complete, then write ``sweep.json`` and the summaries.
+
+    ``storage_options`` reach the filesystem of an ``out`` at an fsspec URL.
 
     Every cell is validated first (:func:`validate_cells`): an invalid one stops the sweep
     before anything trains. A cell that raises while training is reported in
@@ -383,29 +392,30 @@ def run_sweep(
 
     from infoshape.apps.trainer import train
 
-    out = Path(config.out)
+    out = location.normalize(config.out)
     cells = config.cells()
     configs = validate_cells(cells)
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(out, Path):
+        out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "config": _plain(attrs.asdict(config)),
         "cells": [
             {"name": c.name, "group": c.group, "seed": c.seed, "store": str(c.store)} for c in cells
         ],
     }
-    (out / "sweep.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    _write_text(out, "sweep.json", json.dumps(manifest, indent=2), storage_options)
     ran, skipped, failed = [], [], {}
     bar = tqdm(cells, desc="sweep", unit="cell", disable=not (progress and sys.stderr.isatty()))
     say = log or bar.write
     for cell in bar:
         bar.set_postfix_str(cell.name)
-        status = cell_status(cell)
+        status = cell_status(cell, storage_options)
         if status == "complete":
             skipped.append(cell.name)
             continue
         say(f"{cell.name}: {'training' if status == 'missing' else status + ', training again'}")
         try:
-            result = train(configs[cell.name])
+            result = train(configs[cell.name], storage_options=storage_options)
         except Exception as err:  # any failure of one cell: record it, train the others
             failed[cell.name] = f"{type(err).__name__}: {err}"
             say(f"{cell.name}: FAILED {failed[cell.name]}")
@@ -414,10 +424,21 @@ def run_sweep(
         say(f"{cell.name}: test accuracy {result.test_accuracy:.4f} ({result.elapsed_s:.1f} s)")
     bar.close()
     manifest["failed"] = failed
-    (out / "sweep.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    summary = summarize(out)
-    (out / "summary.md").write_text(summary.to_markdown(), encoding="utf-8")
-    summary.write_csv(out / "summary.csv")
+    _write_text(out, "sweep.json", json.dumps(manifest, indent=2), storage_options)
+    summary = summarize(out, storage_options)
+    _write_text(out, "summary.md", summary.to_markdown(), storage_options)
+    _write_text(out, "summary.csv", summary.to_csv(), storage_options)
     return SweepResult(
         ran=tuple(ran), skipped=tuple(skipped), failed=failed, summary=summary, out=out
     )
+
+
+def _write_text(
+    out: location.StorePath, name: str, text: str, storage_options: Mapping[str, Any] | None
+) -> None:
+    """Write ``text`` as ``out/name``: a local file, or one object at a URL."""
+    if isinstance(out, Path):
+        (out / name).write_text(text, encoding="utf-8")
+        return
+    fs, inner = location.filesystem(f"{out}/{name}", storage_options)
+    fs.pipe_file(inner, text.encode("utf-8"))

@@ -13,6 +13,7 @@ from typing import Any
 from infoshape.apps.flags import (
     RUN_FLAG_KEYS,
     add_run_flags,
+    add_storage_option,
     option_tables,
     parse_assignment,
     read_config_file,
@@ -119,6 +120,7 @@ def add_parser(commands: Any, formatter: Any) -> None:
         help="a plugin enabled in every cell (repeatable)")  # fmt: skip
     add_run_flags(p)  # the base run of every cell, as for infoshape train
     add("--summary-only", action="store_true", help="train nothing; rebuild the summary")
+    add_storage_option(p, "an --out")
     add("--no-progress", action="store_false", dest="progress", help="no progress bar")
     p.set_defaults(run=run_command)
 
@@ -126,17 +128,25 @@ def add_parser(commands: Any, formatter: Any) -> None:
 def run_command(args: Any) -> int:
     """Run ``infoshape sweep``; exit status 1 when a cell failed."""
     from infoshape.apps.sweep import SweepConfig, run_sweep, summarize
+    from infoshape.store import location
 
     config = SweepConfig.from_mapping(sweep_settings(args))
+    storage = location.parse_storage_options(getattr(args, "storage_options", []))
     if args.summary_only:
-        summary = summarize(config.out)
+        summary = summarize(config.out, storage)
         print(summary.to_markdown(), end="")
         return 0
-    result = run_sweep(config, progress=args.progress, log=lambda m: print(m, file=sys.stderr))
+    result = run_sweep(
+        config,
+        progress=args.progress,
+        log=lambda m: print(m, file=sys.stderr),
+        storage_options=storage,
+    )
     print(
         f"sweep {result.out}: {len(result.ran)} cells trained, {len(result.skipped)} already "
         f"complete, {len(result.failed)} failed"
     )
     print(result.summary.to_markdown(), end="")
-    print(f"summary: {result.out / 'summary.md'}, {result.out / 'summary.csv'}")
+    md, csv_ = (location.join(result.out, n) for n in ("summary.md", "summary.csv"))
+    print(f"summary: {md}, {csv_}")
     return 1 if result.failed else 0

@@ -8,13 +8,17 @@ lists the cells that are not complete (failed, interrupted, missing) with their 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from infoshape.errors import ConfigError
+from infoshape.store import location
 
 __all__ = ["Summary", "summarize"]
 
@@ -58,29 +62,37 @@ class Summary:
                 lines.append(f"| {name} | {group} | {status} | {error} |")
         return "\n".join(lines) + "\n"
 
-    def write_csv(self, path: str | Path) -> None:
+    def to_csv(self) -> str:
         """``configuration, seeds, <column>_mean, <column>_std, ...`` one row per group."""
+        file = io.StringIO(newline="")
+        writer = csv.writer(file)
+        writer.writerow(
+            [
+                "configuration",
+                "seeds",
+                *(f"{c}_{s}" for c in self.columns for s in ("mean", "std")),
+            ]
+        )
+        for group, n, stats in self.rows:
+            numbers = [v for c in self.columns for v in stats.get(c, (math.nan, math.nan))]
+            writer.writerow([group, n, *(f"{v:.10g}" for v in numbers)])
+        return file.getvalue()
+
+    def write_csv(self, path: str | Path) -> None:
+        """Write :meth:`to_csv` to the file ``path``."""
         with Path(path).open("w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            writer.writerow(
-                [
-                    "configuration",
-                    "seeds",
-                    *(f"{c}_{s}" for c in self.columns for s in ("mean", "std")),
-                ]
-            )
-            for group, n, stats in self.rows:
-                numbers = [v for c in self.columns for v in stats.get(c, (math.nan, math.nan))]
-                writer.writerow([group, n, *(f"{v:.10g}" for v in numbers)])
+            file.write(self.to_csv())
 
 
-def _last_epoch_metrics(store: Path) -> dict[str, float]:
+def _last_epoch_metrics(
+    store: location.StorePath, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, float]:
     """``test_error`` (%) and every ``characteristics.*`` metric at the store's last epoch."""
     import numpy as np
 
     from infoshape.store.read import open_store
 
-    metrics = open_store(store)["metrics"].to_dataset()
+    metrics = open_store(store, storage_options=storage_options)["metrics"].to_dataset()
     if "epoch" not in metrics.dims or metrics.sizes["epoch"] == 0:
         return {}
     epochs = np.asarray(metrics["epoch"].values)
@@ -109,35 +121,51 @@ def _short_names(values: dict[str, dict[str, float]]) -> dict[str, dict[str, flo
     return {cell: {k.rsplit(".", 1)[-1]: x for k, x in v.items()} for cell, v in values.items()}
 
 
-def summarize(out: str | Path) -> Summary:
-    """The summary of the sweep in ``out``, read from ``sweep.json`` and the complete stores.
-
-    Raises:
-        ConfigError: ``out`` holds no ``sweep.json``.
-    """
-    import numpy as np
-
-    manifest_path = Path(out) / "sweep.json"
-    if not manifest_path.is_file():
+def _read_manifest(out: str | Path, storage_options: Mapping[str, Any] | None) -> Any:
+    """The parsed ``sweep.json`` of the sweep in ``out`` (a folder or a URL)."""
+    manifest_path = location.join(out, "sweep.json")
+    text = None
+    if isinstance(manifest_path, Path):
+        if manifest_path.is_file():
+            text = manifest_path.read_text(encoding="utf-8")
+    else:
+        fs, inner = location.filesystem(manifest_path, storage_options)
+        if fs.isfile(inner):
+            text = fs.cat_file(inner).decode("utf-8")
+    if text is None:
         raise ConfigError(
             f"no sweep in {out}",
             expected=f"{manifest_path} (written by infoshape sweep)",
             got="no such file",
             fix="run the sweep first, or pass its --out folder",
         )
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    return json.loads(text)
+
+
+def summarize(out: str | Path, storage_options: Mapping[str, Any] | None = None) -> Summary:
+    """The summary of the sweep in ``out``, read from ``sweep.json`` and the complete stores.
+
+    ``out`` may be an fsspec URL, reached with ``storage_options``.
+
+    Raises:
+        ConfigError: ``out`` holds no ``sweep.json``.
+    """
+    import numpy as np
+
+    manifest = _read_manifest(out, storage_options)
     cells, errors = manifest["cells"], manifest.get("failed", {})
     values: dict[str, dict[str, float]] = {}
     groups: dict[str, list[str]] = {}
     failed = []
     for cell in cells:
-        store = Path(cell["store"])
-        status = (_store_status(store) or "unreadable") if store.exists() else "missing"
+        store = location.normalize(cell["store"])
+        there = location.exists(store, storage_options)
+        status = (_store_status(store, storage_options) or "unreadable") if there else "missing"
         if status != "complete":
             error = errors.get(cell["name"], "")
             failed.append((cell["name"], cell["group"], "failed" if error else status, error))
             continue
-        values[cell["name"]] = _last_epoch_metrics(store)
+        values[cell["name"]] = _last_epoch_metrics(store, storage_options)
         groups.setdefault(cell["group"], []).append(cell["name"])
     values = _short_names(values)
     columns = list(dict.fromkeys(k for v in values.values() for k in v))
@@ -156,10 +184,15 @@ def summarize(out: str | Path) -> Summary:
     return Summary(columns=tuple(columns), rows=tuple(rows), values=values, failed=tuple(failed))
 
 
-def _store_status(store: Path) -> str | None:
+def _store_status(
+    store: location.StorePath, storage_options: Mapping[str, Any] | None = None
+) -> str | None:
     import zarr
 
     try:
-        return zarr.open_group(str(store), mode="r").attrs.get("status")  # type: ignore[return-value]
+        group = zarr.open_group(
+            location.zarr_store(store, storage_options, read_only=True), mode="r"
+        )
+        return group.attrs.get("status")  # type: ignore[return-value]
     except Exception:
         return None

@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from infoshape.apps.flags import RUN_FLAG_KEYS, add_run_flags, option_tables, read_config_file
+from infoshape.apps.flags import (
+    RUN_FLAG_KEYS,
+    add_run_flags,
+    add_storage_option,
+    option_tables,
+    read_config_file,
+)
 
 __all__ = ["EPILOG", "add_parser", "run", "train_settings"]
 
@@ -56,7 +62,9 @@ def add_parser(commands: Any, formatter: Any) -> None:
     add("--seed", type=int, metavar="N", help="seed of torch, numpy, shuffling, probe (default 0)")
     add("--plugin", action="append", metavar="NAME", dest="plugins",
         help="enable a plugin (repeatable; `infoshape plugins` lists them)")  # fmt: skip
-    add("--store", metavar="PATH", help="zarr store to write (default runs/<dataset>-<model>.zarr)")
+    add("--store", metavar="PATH", help="zarr store to write, a path or an fsspec URL "
+        "(s3://bucket/a.zarr) (default runs/<dataset>-<model>.zarr)")  # fmt: skip
+    add_storage_option(p)
     add("--no-store", action="store_true", help="write no store")
     add("--overwrite", action="store_const", const=True, help="replace an existing store")
     add(
@@ -132,12 +140,14 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run ``infoshape train``: train (or resume) the run the flags describe."""
     from infoshape.apps.trainer import TrainConfig, resume_config, train
+    from infoshape.store.location import parse_storage_options
 
+    storage = parse_storage_options(args.storage_options)
     if args.resume:
-        config, resume = resume_config(args.resume, train_settings(args))
+        config, resume = resume_config(args.resume, train_settings(args), storage)
     else:
         config, resume = TrainConfig.from_mapping(train_settings(args)), False
-    result = train(config, resume=resume)
+    result = train(config, resume=resume, storage_options=storage)
     print(
         f"trained {config.model} on {config.dataset} for {config.epochs} epochs "
         f"in {result.elapsed_s:.1f} s" + (" (resumed)" if resume else "")

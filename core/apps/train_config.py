@@ -269,7 +269,7 @@ class TrainResult:
     train_loss: float
     test_accuracy: float
     test_loss: float
-    store: Path | None
+    store: Path | str | None
     elapsed_s: float
     history: tuple[dict[str, Any], ...]
     config: TrainConfig

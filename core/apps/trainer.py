@@ -22,7 +22,6 @@ import random
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -46,6 +45,7 @@ from infoshape.errors import ConfigError, DatasetNotFoundError
 from infoshape.probe import Probe
 from infoshape.registry import get_dataset
 from infoshape.session import Session
+from infoshape.store import location
 from infoshape.store.checkpoint import set_rng_state
 from infoshape.syntax import by_syntax
 
@@ -267,7 +267,9 @@ def _evaluate_splits(
 
 
 # ------------------------------------------------------------------ loop
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+def train(
+    config: TrainConfig, resume: bool = False, storage_options: Mapping[str, Any] | None = None
+) -> TrainResult:
     """Train ``config.model`` on ``config.dataset`` through a :class:`~infoshape.Session`.
 
     With a store, a checkpoint (model, optimizer, random generators, session and plugin
@@ -299,7 +301,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     model.to(device)
     taps = config.taps if config.taps is not None else tuple(getattr(model, "default_taps", ()))
     config = attrs.evolve(config, taps=taps)
-    checkpoint = resume_state(config) if resume else None
+    checkpoint = resume_state(config, storage_options) if resume else None
     probe = _probe_set(test_set, config.probe_size, config.seed) if config.probe else None
     loader = DataLoader(
         _Indexed(train_set),
@@ -322,6 +324,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         run_config=config.as_dict(),
         sinks=[latest],
         log_every=config.log_every,
+        storage_options=storage_options,
         resume=checkpoint["session"] if checkpoint is not None else None,
     )
     kept = 0  # complete epochs in the store and the checkpoint
@@ -346,7 +349,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 metrics.update(s.epoch_end(probe=probe))
                 history.append(metrics)
                 if config.store is not None:
-                    save_run(s, config, optimizer, loader, history)
+                    save_run(s, config, optimizer, loader, history, storage_options)
                     kept = s.epoch
     except KeyboardInterrupt as err:  # the session closed the store as "interrupted"
         raise interrupted(config, kept) from err
@@ -356,7 +359,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         train_loss=last["train.loss"],
         test_accuracy=last["test.accuracy"],
         test_loss=last["test.loss"],
-        store=Path(config.store) if config.store is not None else None,
+        store=location.normalize(config.store) if config.store is not None else None,
         elapsed_s=time.perf_counter() - start,
         history=tuple(history),
         config=config,

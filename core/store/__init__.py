@@ -11,6 +11,8 @@ Layout (DESIGN.md, "The activation store")::
 The modules, in the order a write goes through them:
 
 - :mod:`~infoshape.store.manifest`: the run manifest written to the root attrs.
+- :mod:`~infoshape.store.location`: where a store lives: a local path, or an fsspec URL
+  (``s3://...``) with its ``storage_options``, opened through zarr's ``FsspecStore``.
 - :mod:`~infoshape.store.guard`: what a new store may replace (only infoshape's own).
 - :mod:`~infoshape.store.taps`: which tapped captures go to the store, and when.
 - :mod:`~infoshape.store.run_store`: :class:`RunStore`, the writer of one run (probe set,
@@ -30,7 +32,9 @@ next, and the coordinate value (``epoch`` or ``step``) is written last. A row
 whose coordinate still holds the fill value ``-1`` is not committed; readers
 (:func:`open_store`) drop it. zarr's local store writes each chunk and each
 metadata file atomically, so a killed run leaves every committed row
-readable. At close, arrays are trimmed to their committed length and the
+readable; on an object store (a URL) every chunk and metadata object is one PUT, which
+is atomic, and the local fast paths (chunk files written directly) are not taken. At
+close, arrays are trimmed to their committed length and the
 metadata is consolidated, so ``xarray.open_datatree(path, engine="zarr")``
 opens a finished run without infoshape.
 """

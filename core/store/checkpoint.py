@@ -4,7 +4,12 @@ A checkpoint is one file, ``<store>.checkpoint.pt`` (``runs/a.zarr`` →
 ``runs/a.zarr.checkpoint.pt``), written at each epoch end *after* the store is
 flushed, atomically (a temporary file in the same folder, ``fsync``, then
 ``os.replace``): a killed run leaves either the previous checkpoint or the new
-one, never a torn file. It holds what continuing needs:
+one, never a torn file. A store at an fsspec URL (``s3://bucket/a.zarr``) has its
+checkpoint beside it on the same filesystem (``s3://bucket/a.zarr.checkpoint.pt``),
+written in one PUT (an object appears whole or not at all); pass the store's
+``storage_options`` to :func:`save_checkpoint` and :func:`load_checkpoint`.
+
+A checkpoint holds what continuing needs:
 
 - ``session``: :meth:`infoshape.Session.state_dict` (epoch and step reached, the
   store's ``run_id``, each plugin's state through ``infoshape_state_dict``);
@@ -29,6 +34,7 @@ Resuming with your own loop::
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
 from collections.abc import Mapping
@@ -54,21 +60,44 @@ CHECKPOINT_SUFFIX = ".checkpoint.pt"
 FORMAT = 1
 
 
-def checkpoint_path(store: str | Path) -> Path:
-    """The checkpoint file of the run store ``store``: ``<store>.checkpoint.pt`` beside it."""
-    store = Path(store)
-    return store.with_name(store.name + CHECKPOINT_SUFFIX)
+def checkpoint_path(store: str | Path) -> Any:
+    """The checkpoint file of the run store ``store``: ``<store>.checkpoint.pt`` beside it.
+
+    A ``Path`` for a local store, a URL for a store at an fsspec URL.
+    """
+    from infoshape.store import location
+
+    return location.with_name(store, location.name_of(store) + CHECKPOINT_SUFFIX)
 
 
-def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+def save_checkpoint(
+    path: str | Path, state: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None
+) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``).
+
+    At an fsspec URL the file is written in one piece (one PUT on an object store).
 
     Raises:
         StoreWriteError: the file cannot be written (disk full, permissions); the previous
             checkpoint at ``path``, if any, is left as it was.
     """
-    from infoshape.store import free_space
+    from infoshape.store import free_space, location
 
+    if location.is_url(path):
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT, **state}, buffer)
+        try:
+            fs, inner = location.filesystem(str(path), storage_options)
+            fs.pipe_file(inner, buffer.getvalue())
+        except OSError as err:
+            raise StoreWriteError(
+                f"cannot write the checkpoint {path}: {err}",
+                expected="a writable location",
+                got=repr(err),
+                fix="check the URL, the credentials (storage_options) and the quota; the "
+                "previous checkpoint is intact, so the run can be resumed from the epoch before",
+            ) from err
+        return
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -108,23 +137,35 @@ def _afresh() -> str:
     return f"start the run afresh ({by_syntax('overwrite=True', '--overwrite')} replaces the store)"
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+def load_checkpoint(
+    path: str | Path, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (a local path or an fsspec URL).
 
     Raises:
         StoreError: no checkpoint at ``path``, or a file that is not one.
     """
-    path = Path(path)
-    if not path.is_file():
+    from infoshape.store import location
+
+    source: Any
+    if location.is_url(path):
+        fs, inner = location.filesystem(str(path), storage_options)
+        is_file, there = fs.isfile(inner), fs.exists(inner)
+        source = io.BytesIO(fs.cat_file(inner)) if is_file else None
+    else:
+        path = Path(path)
+        is_file, there, source = path.is_file(), path.exists(), path
+    if not is_file:
         raise StoreError(
             f"no checkpoint at {path}",
-            expected=f"the checkpoint written beside the store at each epoch end ({path.name})",
-            got="nothing there" if not path.exists() else "a folder",
+            expected="the checkpoint written beside the store at each epoch end "
+            f"({location.name_of(path)})",
+            got="a folder" if there else "nothing there",
             fix="the run ended before its first epoch, or was not written by `infoshape "
             f"train`: {_afresh()}",
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors have many types
         raise StoreError(
             f"cannot read the checkpoint {path}",

@@ -19,6 +19,7 @@ import torch
 
 from infoshape import distributed
 from infoshape.options import config_as_dict
+from infoshape.store import location
 
 __all__ = ["build_manifest"]
 
@@ -61,7 +62,9 @@ def build_manifest(
             "world_size": world_size,
             "backend": str(dist.get_backend()),
             "probe_sharding": "strided",
-            "rank_stores": [distributed.rank_store_path(store, r).name for r in range(world_size)],
+            "rank_stores": [
+                location.name_of(distributed.rank_store_path(store, r)) for r in range(world_size)
+            ],
         }
     return {
         "run_id": run_id[0],

@@ -7,6 +7,7 @@ finished runs and runs that were killed mid-write alike.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import zarr
 from zarr.core.metadata import ArrayV3Metadata
 
 from infoshape.errors import StoreError
+from infoshape.store import location
 from infoshape.store.layout import APPEND_DIMS, NOT_COMMITTED
 
 __all__ = ["committed_length", "open_store"]
@@ -69,24 +71,30 @@ def _dataset(group: zarr.Group) -> xr.Dataset:
     return xr.Dataset(variables, coords=coords, attrs=dict(group.attrs))
 
 
-def open_store(path: str | Path) -> xr.DataTree:
+def open_store(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> xr.DataTree:
     """Open a run store as a lazy ``xarray.DataTree``.
 
     Groups ``probe``, ``stream``, ``metrics`` and ``analysis`` (and any group below
     them) become tree nodes; the root carries the run manifest in its attrs.
     Only committed rows are shown, so a store of a killed run opens too.
 
+    Args:
+        path: the store folder, or an fsspec URL (``s3://bucket/runs/a.zarr``).
+        storage_options: options of the URL's fsspec filesystem (credentials,
+            ``client_kwargs={"endpoint_url": ...}``).
+
     Raises:
         StoreError: when ``path`` is no zarr v3 store.
     """
-    path = Path(path)
+    path = location.normalize(path)
     try:
-        root = zarr.open_group(str(path), mode="r")
+        root = zarr.open_group(location.zarr_store(path, storage_options, read_only=True), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+        there = location.exists(path, storage_options)
         raise StoreError(
             f"no infoshape store at {path}",
             expected="a folder written by infoshape.Session(store=...)",
-            got="nothing there" if not path.exists() else "a folder that is no zarr group",
+            got="a folder that is no zarr group" if there else "nothing there",
             fix="check the path (runs/<name>.zarr)",
         ) from err
     nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=dict(root.attrs))}
@@ -99,11 +107,16 @@ def open_store(path: str | Path) -> xr.DataTree:
     walk(root, "")
     ranks = dict(root.attrs).get("distributed")
     if isinstance(ranks, dict) and int(ranks.get("world_size", 1)) > 1 and ranks.get("rank") == 0:
-        _merge_ranks(path, ranks, nodes)
+        _merge_ranks(path, ranks, nodes, storage_options)
     return xr.DataTree.from_dict(nodes)
 
 
-def _merge_ranks(path: Path, info: dict[str, Any], nodes: dict[str, xr.Dataset]) -> None:
+def _merge_ranks(
+    path: location.StorePath,
+    info: dict[str, Any],
+    nodes: dict[str, xr.Dataset],
+    storage_options: Mapping[str, Any] | None,
+) -> None:
     """Put the probe and stream rows of the other ranks' stores beside rank 0's (lazily).
 
     A DDP run writes one store per rank (:mod:`infoshape.distributed`); rank 0's holds
@@ -116,13 +129,16 @@ def _merge_ranks(path: Path, info: dict[str, Any], nodes: dict[str, xr.Dataset])
 
     parts = [nodes]
     for name in info["rank_stores"][1:]:
-        other = path.with_name(name)
+        other = location.with_name(path, name)
         try:
-            group = zarr.open_group(str(other), mode="r")
+            group = zarr.open_group(
+                location.zarr_store(other, storage_options, read_only=True), mode="r"
+            )
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise StoreError(
                 f"the store of a rank is missing: {other}",
-                expected=f"one store per rank beside {path.name}: {info['rank_stores']}",
+                expected=f"one store per rank beside {location.name_of(path)}: "
+                f"{info['rank_stores']}",
                 got="nothing there",
                 fix="copy the rank stores along with the main store",
             ) from err

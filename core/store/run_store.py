@@ -21,6 +21,7 @@ import zarr
 
 from infoshape.errors import ConfigError, StoreError, StoreWriteError
 from infoshape.probe import Probe
+from infoshape.store import location
 from infoshape.store.appender import Appender, reopen_appender
 from infoshape.store.guard import prepare_store_path
 from infoshape.store.layout import (
@@ -75,7 +76,8 @@ class RunStore:
     chunk once.
 
     Args:
-        path: the store folder (``runs/a.zarr``).
+        path: the store folder (``runs/a.zarr``) or an fsspec URL (``s3://bucket/a.zarr``,
+            :mod:`~infoshape.store.location`).
         manifest: the run manifest, written to the root attrs.
         overwrite: replace an existing store.
         queue_size: the writer queue's capacity (pending writes; each holds one batch of
@@ -94,6 +96,8 @@ class RunStore:
             one: ``{"epoch": E, "step": S, "run_id": ID}`` keeps the committed rows of
             epochs ``< E`` and steps ``< S`` and drops later ones (a killed run's
             partial epoch), after checking the store's ``run_id`` is ``ID``.
+        storage_options: options of the fsspec filesystem of a URL ``path`` (credentials,
+            ``client_kwargs={"endpoint_url": ...}``); never written to the store.
 
     Raises:
         StoreError: ``path`` exists and ``overwrite`` is false; with ``resume``, no store
@@ -111,23 +115,26 @@ class RunStore:
         resume: Mapping[str, Any] | None = None,
         codec: str = DEFAULT_CODEC,
         copy_streams: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:  # a misspelled key of Session(store_options=...)
             _refuse_store_options(unknown)
         self.codec = check_codec(codec)
         self.copy_streams = copy_streams
-        self.path = Path(path)
+        self.path: location.StorePath = location.normalize(path)
+        self.storage_options = dict(storage_options or {})
         self.flush_steps = flush_steps
         self.store_probe_inputs = store_probe_inputs
         self.run_id = str(manifest.get("run_id") or uuid.uuid4().hex)
         if resume is not None:
             self.root = self._reopen_root(resume)
         else:
-            prepare_store_path(self.path, overwrite)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_store_path(self.path, overwrite, self.storage_options)
+            if isinstance(self.path, Path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
+                self.root = zarr.open_group(self._zarr_store(), mode="w-", zarr_format=3)
                 self.root.attrs.update(
                     {**dict(manifest), "run_id": self.run_id, "status": "running"}
                 )
@@ -155,17 +162,22 @@ class RunStore:
         if resume is not None:
             self._reopen_appenders(int(resume["epoch"]), int(resume["step"]))
 
+    def _zarr_store(self) -> Any:
+        """The path for ``zarr.open_group`` (local) or the URL's ``FsspecStore``."""
+        return location.zarr_store(self.path, self.storage_options)
+
     # ------------------------------------------------------------ resume
     def _reopen_root(self, resume: Mapping[str, Any]) -> zarr.Group:
         """Open the existing store for appending after checking it is the run's own."""
         try:
             # not the consolidated metadata: it is stale once arrays grow again
-            root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+            root = zarr.open_group(self._zarr_store(), mode="r+", use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+            there = location.exists(self.path, self.storage_options)
             raise StoreError(
                 f"no store to resume at {self.path}",
                 expected="the store of the run being resumed",
-                got="nothing there" if not self.path.exists() else "a folder that is no store",
+                got="a folder that is no store" if there else "nothing there",
                 fix="check the path; start a new run without resume",
             ) from err
         found = root.attrs.get("run_id")
@@ -387,7 +399,7 @@ class RunStore:
                 self.root.attrs["status"] = status
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # consolidated metadata is not in the v3 spec
-                    zarr.consolidate_metadata(str(self.path))
+                    zarr.consolidate_metadata(self.root.store)
 
             self._submit(finish)
             self._writer.join()

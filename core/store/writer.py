@@ -130,6 +130,8 @@ class _DrainingQueue(queue.Queue):
 
 def free_space(path: str | Path) -> str:
     """How much space is free on the file system holding ``path``, as text."""
+    if isinstance(path, str) and "://" in path:
+        return f"free space at {path} unknown (not a local file system)"
     where = Path(path)
     while not where.exists() and where != where.parent:
         where = where.parent

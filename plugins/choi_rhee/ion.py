@@ -283,13 +283,17 @@ def compare(a: Any, b: Any, tol: float = 1e-3, source: str = "") -> EquivalenceR
     )
 
 
-def representation(store: Any, tap: str, epoch: int = -1) -> tuple[np.ndarray, np.ndarray]:
+def representation(
+    store: Any, tap: str, epoch: int = -1, storage_options: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One stored probe representation: ``(values (N, features), sample indices (N,))``.
 
     Args:
-        store: a store path or an opened ``xarray.DataTree`` (:func:`infoshape.open_store`).
+        store: a store path or fsspec URL (``s3://...``, with ``storage_options``), or an
+            opened ``xarray.DataTree`` (:func:`infoshape.open_store`).
         tap: the probe variable (``"relu5"``).
         epoch: the epoch value; negative values count from the end (``-1``: the last).
+        storage_options: options of the filesystem of a store at a URL.
 
     Raises:
         StoreError: the store has no probe data.
@@ -298,7 +302,8 @@ def representation(store: Any, tap: str, epoch: int = -1) -> tuple[np.ndarray, n
     """
     from infoshape.store.read import open_store
 
-    tree = open_store(store) if isinstance(store, (str, Path)) else store
+    opened = isinstance(store, (str, Path))
+    tree = open_store(store, storage_options=storage_options) if opened else store
     if "probe" not in tree.children or "epoch" not in tree["probe"].dims:
         raise StoreError(
             "the store holds no probe activations",
@@ -331,6 +336,7 @@ def check_equivalence(
     epoch_b: int = -1,
     tap_b: str | None = None,
     tol: float = 1e-3,
+    storage_options: dict[str, Any] | None = None,
 ) -> EquivalenceReport:
     """:func:`compare` two stored probe representations, aligned on their common samples.
 
@@ -342,14 +348,15 @@ def check_equivalence(
         epoch_b: the epoch of ``store_b``.
         tap_b: the tap of ``store_b`` (default ``tap``).
         tol: residual tolerance of the equivalence verdicts.
+        storage_options: options of the filesystem of stores at URLs.
 
     Raises:
         ConfigError: the stores share no probe sample.
     """
     store_b = store_a if store_b is None else store_b
     tap_b = tap_b or tap
-    a, samples_a = representation(store_a, tap, epoch_a)
-    b, samples_b = representation(store_b, tap_b, epoch_b)
+    a, samples_a = representation(store_a, tap, epoch_a, storage_options)
+    b, samples_b = representation(store_b, tap_b, epoch_b, storage_options)
     common, ia, ib = np.intersect1d(samples_a, samples_b, return_indices=True)
     if common.size == 0:
         raise ConfigError(

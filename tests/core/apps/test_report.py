@@ -13,8 +13,8 @@ from matplotlib.image import imread
 import infoshape
 from infoshape import Estimator, Penalty, StoreError, Tap
 from infoshape.apps.analysis import analyze
+from infoshape.apps.metric_plots import _panels
 from infoshape.apps.report import (
-    _panels,
     default_report_dir,
     information_plane_figure,
     plot_information_plane,
