@@ -279,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help and --version exit 0, usage errors 2
         return int(exit_.code or 0)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for train --nproc
     try:
         with cli_syntax():  # fixes in messages name flags, not Python arguments
             return int(args.run(args))

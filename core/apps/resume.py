@@ -7,7 +7,10 @@ its last complete epoch with the settings it was started with (:func:`resume_con
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,14 @@ if TYPE_CHECKING:
 
     from infoshape.session import Session
 
-__all__ = ["RESUMABLE_SETTINGS", "interrupted", "resume_config", "resume_state", "save_run"]
+__all__ = [
+    "RESUMABLE_SETTINGS",
+    "deferred_interrupt",
+    "interrupted",
+    "resume_config",
+    "resume_state",
+    "save_run",
+]
 
 RESUMABLE_SETTINGS = (
     "epochs",
@@ -151,6 +161,31 @@ def _plain_metric(value: Any) -> Any:
         return value.detach().cpu()
     array = np.asarray(getattr(value, "values", value))
     return float(array) if array.ndim == 0 else torch.from_numpy(np.array(array))
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) for the block; raise ``KeyboardInterrupt`` after it.
+
+    The trainer writes an epoch's checkpoint and counts the epoch as kept in one such
+    block, so an interrupt never falls between them (a checkpoint of epoch ``e`` while
+    the error says ``e - 1`` epochs are kept). Outside the main thread, or when SIGINT
+    is not Python's default handler, the block runs as it is.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def interrupted(config: TrainConfig, kept: int) -> RunInterrupted:

@@ -7,6 +7,7 @@ The loop itself is :func:`infoshape.apps.trainer.train`; the flags it shares wit
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from infoshape.apps.flags import (
@@ -29,6 +30,12 @@ examples:
   infoshape train --config run.toml --epochs 3      # flags override the file
   infoshape train --resume runs/a.zarr              # continue a killed run
   infoshape train --resume runs/a.zarr --epochs 20  # train a finished run longer
+  infoshape train --nproc 2 --store runs/ddp.zarr   # DDP on 2 processes (via torchrun)
+  torchrun --nproc-per-node 2 -m infoshape train    # the same, started by torchrun
+
+data parallel: --batch-size is the global batch, split across the ranks (gloo on
+the CPU, nccl on CUDA); each rank writes its own store (a.zarr, a.rank1.zarr), which
+infoshape.open_store merges. A distributed run writes no checkpoint.
 
 config file (TOML): top-level keys are the flag names with underscores
   model = "cnn"          dataset = "digits"      epochs = 5       lr = 0.001
@@ -89,6 +96,8 @@ def add_parser(commands: Any, formatter: Any) -> None:
     add("--tensorboard", metavar="DIR", help="enable the tensorboard plugin, logging to DIR")
     add("--no-progress", action="store_const", const=False, dest="progress",
         help="no progress bar (there is none when stderr is not a terminal)")  # fmt: skip
+    add("--nproc", type=int, metavar="N", help="train with DDP on N processes of this "
+        "machine (runs torchrun; --batch-size is the global batch)")  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -139,15 +148,20 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``infoshape train``: train (or resume) the run the flags describe."""
+    from infoshape.apps.parallel import launch, launched_by_torchrun
     from infoshape.apps.trainer import TrainConfig, resume_config, train
     from infoshape.store.location import parse_storage_options
 
+    if args.nproc is not None:
+        return launch(args.nproc, getattr(args, "argv", ["train"]))
     storage = parse_storage_options(args.storage_options)
     if args.resume:
         config, resume = resume_config(args.resume, train_settings(args), storage)
     else:
         config, resume = TrainConfig.from_mapping(train_settings(args)), False
     result = train(config, resume=resume, storage_options=storage)
+    if launched_by_torchrun() and os.environ["RANK"] != "0":  # one report, from rank 0
+        return 0
     print(
         f"trained {config.model} on {config.dataset} for {config.epochs} epochs "
         f"in {result.elapsed_s:.1f} s" + (" (resumed)" if resume else "")

@@ -31,9 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from infoshape import distributed
+from infoshape.apps import parallel
 from infoshape.apps.models import build_model
 from infoshape.apps.resume import (
     RESUMABLE_SETTINGS,
+    deferred_interrupt,
     interrupted,
     resume_config,
     resume_state,
@@ -194,7 +197,7 @@ def _progress_bar(config: TrainConfig, steps: int, epoch: int) -> Any:
         total=steps,
         desc=f"epoch {epoch + 1}/{config.epochs}",
         unit="step",
-        disable=not (config.progress and sys.stderr.isatty()),
+        disable=not (config.progress and sys.stderr.isatty()) or distributed.rank() != 0,
         dynamic_ncols=True,
     )
 
@@ -236,14 +239,19 @@ def _train_epoch(
 
     Nothing in it reads a value back from the device: batches are copied with
     ``non_blocking=True`` (from pinned memory on CUDA), and the progress bar shows the step
-    metrics of the last flush (every ``log_every`` steps).
+    metrics of the last flush (every ``log_every`` steps). Under DDP a rank's loss is
+    weighted by its share of the global batch (:class:`~infoshape.apps.parallel.GlobalBatches`).
     """
     s.model.train()
-    for x, y, index in loader:
+    batches: parallel.GlobalBatches = loader.batch_sampler  # type: ignore[assignment]
+    for k, (x, y, index) in enumerate(loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with step.autocast:
             loss = s.loss(step.forward(x), y, index=index)
+        weight = batches.weight(len(index), k)
+        if weight != 1.0:  # an uneven split of the last batch across ranks
+            loss = loss * weight
         step.scaler.scale(loss).backward()
         step.scaler.step(optimizer)
         step.scaler.update()
@@ -255,9 +263,12 @@ def _train_epoch(
 def _evaluate_splits(
     model: nn.Module, train_set: Dataset, test_set: Dataset, device: torch.device
 ) -> dict[str, Any]:
-    """``test.accuracy``, ``test.loss``, ``train.accuracy``, ``train.loss`` (cross-entropy)."""
-    test_accuracy, test_loss = evaluate(model, test_set, device)
-    train_accuracy, train_loss = evaluate(model, train_set, device)
+    """``test.accuracy``, ``test.loss``, ``train.accuracy``, ``train.loss`` (cross-entropy).
+
+    Under DDP each rank evaluates a shard and the sums are reduced across the ranks.
+    """
+    test_accuracy, test_loss = parallel.evaluate_sharded(model, test_set, device)
+    train_accuracy, train_loss = parallel.evaluate_sharded(model, train_set, device)
     return {
         "test.accuracy": test_accuracy,
         "test.loss": test_loss,
@@ -279,6 +290,10 @@ def train(
     rows of a partial epoch dropped, so every epoch and step is stored exactly once,
     and the resumed epochs draw the same batches as an uninterrupted run.
 
+    Started by torchrun (``torchrun --nproc-per-node N -m infoshape train``), each rank
+    trains with DDP on its share of every global batch of ``batch_size``
+    (:mod:`infoshape.apps.parallel`); rank 0 returns what the run stored.
+
     Returns:
         the final accuracies and losses, the store path and the elapsed time.
 
@@ -292,10 +307,26 @@ def train(
         RunInterrupted: Ctrl-C (SIGINT); the store, closed with status ``"interrupted"``,
             and its checkpoint keep the complete epochs, so the run can resume.
     """
+    with parallel.process_group(_torch_device(config.device)) as device:
+        return _train(config, device, resume, storage_options)
+
+
+def _train(
+    config: TrainConfig,
+    device: torch.device,
+    resume: bool,
+    storage_options: Mapping[str, Any] | None,
+) -> TrainResult:
     start = time.perf_counter()
-    device = _torch_device(config.device)
     config = attrs.evolve(config, device=str(device))  # the manifest records the one used
-    seed_everything(config.seed)
+    if resume and distributed.is_distributed():
+        raise ConfigError(
+            "a distributed run cannot be resumed",
+            expected="--resume in one process",
+            got=f"--resume under torchrun with {distributed.world_size()} ranks",
+            fix="resume without torchrun/--nproc, or start the run again with --overwrite",
+        )
+    seed_everything(config.seed)  # the same initial model on every rank
     spec, train_set, test_set = _load_splits(config)
     model = build_model(config.model, spec.input_shape, spec.n_classes, **config.model_options)
     model.to(device)
@@ -303,21 +334,23 @@ def train(
     config = attrs.evolve(config, taps=taps)
     checkpoint = resume_state(config, storage_options) if resume else None
     probe = _probe_set(test_set, config.probe_size, config.seed) if config.probe else None
+    n_train = len(train_set)  # type: ignore[arg-type]
     loader = DataLoader(
         _Indexed(train_set),
-        batch_size=config.batch_size,
-        shuffle=True,
+        batch_sampler=parallel.GlobalBatches(
+            n_train, config.batch_size, config.seed, distributed.rank(), distributed.world_size()
+        ),
         generator=torch.Generator().manual_seed(config.seed),
         pin_memory=device.type == "cuda",
     )
     latest = _LatestStepMetrics()
     history: list[dict[str, Any]] = []
     session = Session(
-        model,
+        parallel.wrap(model, device),
         plugins=list(config.plugins),
         options=config.options,
         store=config.store,
-        n_train=len(train_set),  # type: ignore[arg-type]
+        n_train=n_train,
         taps=[Tap(name, store=True) for name in taps] if probe is not None else [],
         seed=config.seed,
         overwrite=config.overwrite,
@@ -339,18 +372,20 @@ def train(
                 history = [dict(h) for h in checkpoint["history"]]
                 kept = s.epoch
             for epoch in range(s.epoch, config.epochs):
+                loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
                 with _progress_bar(config, len(loader), epoch) as bar:
                     _train_epoch(s, loader, optimizer, device, bar, latest, step)
-                    metrics = _evaluate_splits(s.model, train_set, test_set, device)
+                    metrics = _evaluate_splits(s.module, train_set, test_set, device)
                     bar.set_postfix(
                         {**latest.postfix(), "test.accuracy": f"{metrics['test.accuracy']:.3f}"}
                     )
                 s.log_metrics(metrics, stage="epoch")
                 metrics.update(s.epoch_end(probe=probe))
                 history.append(metrics)
-                if config.store is not None:
-                    save_run(s, config, optimizer, loader, history, storage_options)
-                    kept = s.epoch
+                if config.store is not None and not distributed.is_distributed():
+                    with deferred_interrupt():  # Ctrl-C waits: the checkpoint and kept agree
+                        save_run(s, config, optimizer, loader, history, storage_options)
+                        kept = s.epoch
     except KeyboardInterrupt as err:  # the session closed the store as "interrupted"
         raise interrupted(config, kept) from err
     last = history[-1]
