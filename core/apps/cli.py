@@ -56,6 +56,20 @@ _REPORT_EPILOG = """\
 examples:
   infoshape report runs/a.zarr          # runs/a.report/information_plane_NAME.png, metrics.png
   infoshape report runs/a.zarr --out figures/
+  infoshape report sweeps/a             # a sweep: sweeps/a/report/index.md, metrics.png
+"""
+
+_COMPARE_EPILOG = """\
+examples:
+  infoshape compare sweeps/a --metric test.accuracy          # a sweep's folder
+  infoshape compare 'runs/*.zarr' --metric train.loss --by plugin,coefficient
+  infoshape compare runs/a.zarr runs/b.zarr --metric I_TY --analysis kl_pairwise
+  infoshape compare sweeps/a --metric test.accuracy --metric test.loss --csv t.csv
+
+Each group's runs (its seeds) give mean ± std (ddof=1) of each run's value at its
+last epoch. The figure (default SWEEP/compare/METRIC.png, or compare/ beside the
+stores) draws each metric over the epochs, one colour per group (mean line, ±std
+band), and with --analysis the information-plane trajectories per tap.
 """
 
 _PLUGINS_EPILOG = """\
@@ -98,6 +112,33 @@ def _add_analyze(commands: Any) -> None:
     p.set_defaults(run=_run_analyze)
 
 
+def _add_compare(commands: Any) -> None:
+    p = commands.add_parser(
+        "compare",
+        help="compare groups of runs: mean ± std over seeds, and their curves in one figure",
+        description="Group runs by configuration (plugin, coefficient, ...) and print, per "
+        "group, the mean ± std over its runs (seeds) of metrics at the last epoch; draw "
+        "their curves over the epochs (or information-plane trajectories) in one PNG.",
+        epilog=_COMPARE_EPILOG,
+        formatter_class=formatter,
+    )
+    add = p.add_argument
+    add("runs", nargs="+", metavar="RUNS", help="stores, globs ('runs/*.zarr') or sweep folders")
+    add("--metric", action="append", metavar="NAME", dest="metrics", help="an epoch "
+        "metric (test.accuracy) or I_XT/I_TY of --analysis (repeatable; default "
+        "test.accuracy)")  # fmt: skip
+    add("--by", default="plugin,coefficient", metavar="A,B", help="run coordinates making "
+        "a group: plugin, coefficient, model, dataset, seed, ... (default "
+        "plugin,coefficient)")  # fmt: skip
+    add("--analysis", metavar="NAME", help="an analysis/NAME group of the runs (I_XT, I_TY)")
+    add("--out", metavar="FIG.png", help="the figure's file")
+    add("--no-figure", action="store_false", dest="figure", help="print the table only")
+    add("--csv", metavar="PATH", help="also write the table as CSV")
+    add("--json", metavar="PATH", help="also write the table as JSON")
+    add_storage_option(p)
+    p.set_defaults(run=_run_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``infoshape`` argument parser with its subcommands."""
     from infoshape import __version__
@@ -109,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  infoshape train --epochs 5 --store runs/a.zarr\n"
         "  infoshape analyze runs/a.zarr --estimator kl_pairwise\n  infoshape report runs/a.zarr\n"
         "  infoshape sweep --plugin cr --coefficient 0.01 --seed 0 --seed 1\n"
+        "  infoshape compare sweeps/a --metric test.accuracy\n"
         "  infoshape plugins --options\n  infoshape datasets\n\n"
         "`infoshape COMMAND --help` describes each command.",
         formatter_class=formatter,
@@ -118,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands, formatter)
     _add_analyze(commands)
     _add_sweep(commands, formatter)
+    _add_compare(commands)
     p = commands.add_parser(
         "report",
         help="draw the information planes and metric curves of a store as PNG files",
@@ -178,6 +221,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from infoshape.apps.report import report
     from infoshape.store.location import parse_storage_options
 
@@ -185,8 +230,35 @@ def _run_report(args: argparse.Namespace) -> int:
         args.store, out_dir=args.out, storage_options=parse_storage_options(args.storage_options)
     )
     print("\n".join(map(str, paths)) or "nothing to draw: the store holds no metrics")
-    if not any(p.name.startswith("information_plane") for p in paths):
+    sweep = Path(args.store, "sweep.json").is_file()
+    if not sweep and not any(p.name.startswith("information_plane") for p in paths):
         print(f"no analysis/ results: run `infoshape analyze {args.store} --estimator NAME`")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from infoshape.apps.compare import compare
+    from infoshape.store.location import parse_storage_options
+
+    comparison, written = compare(
+        args.runs,
+        args.metrics or ["test.accuracy"],
+        by=[b.strip() for b in args.by.split(",") if b.strip()],
+        analysis=args.analysis,
+        out=args.out,
+        storage_options=parse_storage_options(args.storage_options),
+        figure=args.figure,
+    )
+    print(comparison.to_text())
+    for path, text in ((args.csv, comparison.to_csv), (args.json, comparison.to_json)):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text(), encoding="utf-8")
+            written.append(Path(path))
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

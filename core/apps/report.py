@@ -329,7 +329,8 @@ def report(
 
     Args:
         store: a run store (``infoshape train`` writes one; ``infoshape analyze`` adds
-            ``analysis/<name>``).
+            ``analysis/<name>``), or a sweep's folder: then its groups are compared
+            (:func:`infoshape.apps.compare.report_sweep`, in ``FOLDER/report``).
         out_dir: folder for the PNG files (default ``<store stem>.report`` beside the store;
             in the current folder for a store at a URL).
         storage_options: options of the filesystem of a store at an fsspec URL.
@@ -343,6 +344,10 @@ def report(
         ConfigError: ``out_dir`` is a file, cannot be written, or holds a file of one of
             those names that no report wrote (nothing is written then).
     """
+    if not location.is_url(store) and (Path(store) / "sweep.json").is_file():
+        from infoshape.apps.compare import report_sweep
+
+        return report_sweep(store, out_dir)
     tree = open_store(store, storage_options=storage_options)
     out = Path(out_dir) if out_dir is not None else default_report_dir(store)
     written: list[Path] = []

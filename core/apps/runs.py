@@ -43,7 +43,7 @@ from infoshape.errors import ConfigError, InfoshapeWarning
 from infoshape.store import location
 from infoshape.store.read import open_store
 
-__all__ = ["RUN_COORDS", "open_runs"]
+__all__ = ["RUN_COORDS", "find_runs", "open_runs"]
 
 RUN_COORDS = ("plugin", "coefficient", "seed", "model", "dataset", "status", "name", "store")
 """The coordinates along ``run`` that :func:`open_runs` sets from each run's manifest."""
@@ -90,14 +90,18 @@ def open_runs(
     datasets, manifests = [], []
     for path in paths:
         tree = open_store(path, storage_options=storage_options)
-        if group not in tree:
+        try:  # a path below the root too ("analysis/renyi")
+            node = tree[group]
+        except KeyError:
+            node = None
+        if node is None or not isinstance(node, xr.DataTree):
             raise ConfigError(
                 f"the run {path} has no group {group!r}",
                 expected=f"a group of the store: {', '.join(sorted(tree.children))}",
                 got=repr(group),
                 fix='pick another group (open_runs(..., group="metrics"))',
             )
-        datasets.append(_plain_strings(tree[group].to_dataset()))
+        datasets.append(_plain_strings(node.to_dataset()))
         manifests.append(dict(tree.attrs))
     _check_alignable(datasets, paths)
     _warn_differences(datasets, paths)
@@ -120,6 +124,17 @@ def open_runs(
 
 
 # ------------------------------------------------------------------ finding the runs
+def find_runs(
+    runs: str | Path | Iterable[str | Path], storage_options: Mapping[str, Any] | None = None
+) -> list[location.StorePath]:
+    """The store paths that ``runs`` names, as :func:`open_runs` reads them.
+
+    ``runs`` is one item or a list of items, each a store, a glob or a sweep's folder.
+    """
+    items = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    return [path for item in items for path in _resolve(item, storage_options)]
+
+
 def _resolve(runs: Any, storage_options: Mapping[str, Any] | None) -> list[location.StorePath]:
     """The store paths named by ``runs`` (a list, a glob, a sweep folder or one store)."""
     if isinstance(runs, (str, Path)):
