@@ -83,7 +83,7 @@ def test_torchrun_metrics_equal_the_single_process_metrics(stores):
 
 
 def test_train_nproc_launches_torchrun(stores, tmp_path):
-    folder, ddp, _ = stores
+    _, ddp, _ = stores
     store = tmp_path / "n.zarr"
     child = subprocess.run(
         [sys.executable, "-m", "infoshape", *ARGS, "--nproc", "2", "--store", str(store)],
