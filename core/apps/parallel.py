@@ -156,17 +156,16 @@ def evaluate_sharded(
     shard = Subset(dataset, range(distributed.rank(), n, distributed.world_size()))
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.float64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct, loss_sum = 0, 0.0  # per batch on the host, as in one process (no float64 on MPS)
     try:
         for x, y in DataLoader(shard, batch_size=batch_size):
             x, y = x.to(device), torch.as_tensor(y).to(device)
             logits = model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-            correct += (logits.argmax(dim=1) == y).sum().double()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
     finally:
         model.train(was_training)
-    totals = {"correct": float(correct), "loss": float(loss_sum), "n": float(len(shard))}
+    totals = {"correct": float(correct), "loss": loss_sum, "n": float(len(shard))}
     totals = distributed.reduce_metrics(totals, {k: "sum" for k in totals})
     return totals["correct"] / max(totals["n"], 1.0), totals["loss"] / max(totals["n"], 1.0)
 
