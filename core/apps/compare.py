@@ -317,7 +317,12 @@ def _open_analysis(
             fix="pass --analysis NAME, after `infoshape analyze STORE --estimator NAME` "
             "on every run",
         )
-    return open_runs(paths, f"analysis/{name}", storage_options)
+    from infoshape.store.read import open_store
+
+    plane = open_runs(paths, f"analysis/{name}", storage_options)
+    first = open_store(paths[0], storage_options=storage_options)[f"analysis/{name}"]
+    plane.attrs["unit"] = str(first.attrs.get("unit", ""))
+    return plane
 
 
 # ------------------------------------------------------------------ the figure

@@ -34,6 +34,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -99,12 +100,14 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 class GlobalBatches:
     """Batches of one rank: global batches of a seeded per-epoch permutation, split strided.
 
-    Epoch ``e`` permutes the ``n`` samples with ``torch.randperm`` seeded by
-    ``seed + e`` (:meth:`set_epoch`), cuts it into global batches of ``batch_size``
-    (the last one shorter), and rank ``r`` of ``world`` takes positions ``r, r + world,
-    ...`` of each. Every rank yields the same number of batches; a last global batch
-    with fewer rows than ranks is dropped (at most ``world - 1`` samples an epoch).
-    With ``world == 1`` these are the one-process batches.
+    Epoch ``e`` permutes the ``n`` samples with ``torch.randperm`` seeded from
+    ``(seed, e)`` mixed by ``numpy.random.SeedSequence`` (:meth:`set_epoch`; so seed
+    1's first epoch is not seed 0's second, as with ``seed + e``), cuts the permutation
+    into global batches of ``batch_size`` (the last one shorter), and rank ``r`` of
+    ``world`` takes positions ``r, r + world, ...`` of each. Every rank yields the same
+    number of batches; a last global batch with fewer rows than ranks is dropped (at
+    most ``world - 1`` samples an epoch). With ``world == 1`` these are the one-process
+    batches.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
@@ -135,7 +138,8 @@ class GlobalBatches:
         return len(self.global_sizes())
 
     def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        mixed = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(mixed))
         order = torch.randperm(self.n, generator=generator).tolist()
         for k, size in enumerate(self.global_sizes()):
             start = k * self.batch_size
