@@ -329,3 +329,20 @@ def test_resumed_finished_run_trains_longer(tmp_path):
 
 def test_checkpoint_path_is_beside_the_store():
     assert checkpoint_path("runs/a.zarr") == Path("runs/a.zarr.checkpoint.pt")
+
+
+def test_ctrl_c_waits_until_the_checkpoint_and_the_kept_epochs_agree():
+    """The trainer's race: SIGINT right after the checkpoint but before ``kept`` was updated."""
+    from infoshape.apps.resume import deferred_interrupt
+
+    kept = 0
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)  # "the checkpoint of epoch 1 is written"
+            time.sleep(0.05)  # the handler ran (Python runs it between bytecodes)
+            kept = 1  # still reached: the interrupt waits for the block's end
+    assert kept == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    with deferred_interrupt():  # no signal: nothing raised
+        kept = 2
+    assert kept == 2
