@@ -23,9 +23,15 @@ result keeps the autograd graph.
 
 ``channels=True`` reads a map ``(N, C, *spatial)`` with its channels as the units and every
 position of every sample as a sample (``N·H·W`` samples of ``C`` units, as batch norm does),
-without copying the map into that layout; class labels stay one per map (``N``), and
-``reduction="mean"`` divides by ``N·H·W``. The value equals the function of
-``z.movedim(1, -1).reshape(-1, C)`` with the labels repeated per position.
+without copying the map into that layout; class labels stay one per map (``N``). The value
+equals the function of ``z.movedim(1, -1).reshape(-1, C)`` with the labels repeated per
+position, except L1R's: its sum is over the batch's ``N`` maps, each map's positions
+averaged (``reduction="sum"`` divides by ``H·W``, ``"mean"`` by ``N·H·W``), so a map counts
+as one sample of the batch whatever its size, and, L1R being elementwise, the normalized
+value is the same with either unit convention: ``Σ|z| / (C·H·W)`` per map, as the flattened
+map's ``C·H·W`` units give (a sum over all ``N·H·W`` positions would weigh a map ``H·W``
+times a vector of the same mean ``|z|``: 16× on the digits ``cnn``'s last ``4 × 4`` map,
+196× on its ``14 × 14`` map of 28-pixel inputs).
 
 How the cost is kept to a few passes over ``Z`` (a training step calls these on every batch):
 classes enter as a one-hot ``(N, C)`` matrix (no sort, padding or ``unique``); VR and the
@@ -345,7 +351,12 @@ def l1r(
     *,
     channels: bool = False,
 ) -> torch.Tensor:
-    """L1R: ``Σ_n Σ_i |z_i^n|``; ``reduction="mean"`` divides by ``N``, ``normalize`` by ``u``."""
+    """L1R: ``Σ_n Σ_i |z_i^n|``; ``reduction="mean"`` divides by ``N``, ``normalize`` by ``u``.
+
+    With ``channels``, a map ``(N, C, *spatial)`` has ``u = C`` units and each map's ``P``
+    positions are averaged: ``Σ_n (1/P) Σ_p Σ_c |z_{c,p}^n|`` (``"mean"``: ``/ N`` more),
+    so ``normalize=True`` gives the value of the flattened map (module docstring).
+    """
     if reduction not in ("sum", "mean"):
         raise ConfigError(
             "l1r: unknown reduction",
@@ -354,8 +365,8 @@ def l1r(
             fix='pass reduction="sum" or reduction="mean"',
         )
     x = _samples(z, "l1r", channels)
-    total = x.abs().sum()
-    total = total / (x.shape[0] * x.shape[2]) if reduction == "mean" else total
+    total = x.abs().sum() / x.shape[2]  # each map's positions averaged (P = 1 for vectors)
+    total = total / x.shape[0] if reduction == "mean" else total
     return total / x.shape[1] if normalize else total
 
 

@@ -434,12 +434,19 @@ def test_fast_paths_match_direct_formulas_in_value_and_gradient(name, shape, int
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_l1r_with_channels_counts_positions_as_samples(reduction):
+def test_l1r_with_channels_averages_each_maps_positions(reduction):
+    """A map is one sample of the batch sum, its 10 positions averaged; units: 3 channels."""
     z = _maps((4, 3, 2, 5), integer=False)
-    rows = z.movedim(1, -1).reshape(-1, 3)
+    rows = z.movedim(1, -1).reshape(-1, 3)  # (N·H·W, C)
     got = l1r(z, normalize=True, reduction=reduction, channels=True)
-    want = rows.abs().sum() / (40 if reduction == "mean" else 1) / 3
+    want = rows.abs().sum() / 10 / (4 if reduction == "mean" else 1) / 3
     assert got.item() == pytest.approx(want.item(), rel=TIGHT)
+    # elementwise: normalized, the flattened map's 30 units give the same value
+    flat = l1r(z.flatten(1), normalize=True, reduction=reduction)
+    assert got.item() == pytest.approx(flat.item(), rel=TIGHT)
+    # a map's size does not scale the penalty: the map repeated 3 times over has the same
+    tiled = l1r(z.repeat(1, 1, 3, 1), normalize=True, reduction=reduction, channels=True)
+    assert tiled.item() == pytest.approx(got.item(), rel=TIGHT)
 
 
 def test_closed_form_backwards_refuse_a_second_derivative():
