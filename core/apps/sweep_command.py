@@ -35,15 +35,17 @@ config file (TOML): the `infoshape train` keys at top level, the grid under [swe
   [model_options]  hidden = [100, 100, 100, 100, 100]
   [sweep]          out = "sweeps/cr"    seeds = [0, 1, 2]
                    plugins = ["cr", "l1r", "rr"]    coefficients = [0.01, 0.1]
+                   measure = ["characteristics"]
   [sweep.configurations.dropout]   model_options = {dropout = 0.5}
   [sweep.configurations.bn]        model_options = {batch_norm = true}
-Flags add to the file: --plugin/--coefficient/--seed/--configuration replace its lists,
---option and --model-option set keys of the base run.
+Flags add to the file: --plugin/--coefficient/--seed/--configuration/--measure replace
+its lists, --option and --model-option set keys of the base run.
 
 Each cell (group x seed) trains into OUT/cells/GROUP-seedK.zarr. Running the same
 command again skips complete cells and retrains interrupted or failed ones. The summary
 (OUT/summary.md, OUT/summary.csv) gives, per group, mean +- std over seeds of the test
-error (%) and every characteristic (the characteristics plugin runs in every cell).
+error (%) and of every epoch metric of the measured plugins (--measure NAME or
+[sweep] measure: enabled in every cell, their metrics NAME.* summarized at the last epoch).
 """
 
 
@@ -79,6 +81,7 @@ def sweep_settings(args: Any) -> dict[str, Any]:
         ("plugins", args.plugins),
         ("coefficients", args.coefficients),
         ("seeds", args.seeds),
+        ("measure", args.measure),
     ):
         if value is not None:
             grid[key] = value
@@ -99,7 +102,7 @@ def add_parser(commands: Any, formatter: Any) -> None:
         "configurations (model options such as dropout or batch norm), and plugins x "
         "coefficients, each for every seed, with the built-in trainer. Resumable: complete "
         "cells are not rerun. Writes OUT/summary.md and OUT/summary.csv: test error and "
-        "every representation characteristic, mean +- std over seeds.",
+        "every epoch metric of the measured plugins, mean +- std over seeds.",
         epilog=EPILOG,
         formatter_class=formatter,
     )
@@ -118,6 +121,9 @@ def add_parser(commands: Any, formatter: Any) -> None:
     add("--no-baseline", action="store_true", help="leave out the unchanged base run")
     add("--base-plugin", action="append", dest="base_plugins", metavar="NAME",
         help="a plugin enabled in every cell (repeatable)")  # fmt: skip
+    add("--measure", action="append", metavar="NAME", help="a plugin enabled in every cell "
+        "whose epoch metrics (NAME.*) the summary reports, e.g. characteristics "
+        "(repeatable)")  # fmt: skip
     add_run_flags(p)  # the base run of every cell, as for infoshape train
     add("--summary-only", action="store_true", help="train nothing; rebuild the summary")
     add_storage_option(p, "an --out")
