@@ -22,7 +22,8 @@ __all__ = ["EPILOG", "add_parser", "run", "train_settings"]
 EPILOG = """\
 examples:
   infoshape train                                   # mlp on the embedded digits, 10 epochs
-  infoshape train --model cnn --epochs 5 --csv runs/cnn.csv
+  infoshape train --model cnn --epochs 5 --plugin csv --option csv.path=runs/cnn.csv
+  infoshape train --plugin tensorboard --option tensorboard.log_dir=runs/tb
   infoshape train --dataset mnist --data-root ~/data --model cnn --device cuda
   infoshape train --plugin csv --option csv.path="m.csv" --tap 'fc*' --overwrite
   infoshape train --model mlp --model-option hidden=[128,64] --no-probe
@@ -85,8 +86,6 @@ def add_parser(commands: Any, formatter: Any) -> None:
         help="store this module's output for the probe set (name or glob; repeatable; "
         "default: the model's default taps)",
     )
-    add("--csv", metavar="PATH", help="enable the csv plugin, writing metrics to PATH")
-    add("--tensorboard", metavar="DIR", help="enable the tensorboard plugin, logging to DIR")
     add("--no-progress", action="store_const", const=False, dest="progress",
         help="no progress bar (there is none when stderr is not a terminal)")  # fmt: skip
     p.set_defaults(run=run)
@@ -118,18 +117,7 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
             settings[key] = value
     if args.no_store:
         settings["store"] = None
-    plugins = settings.get("plugins", [])
-    plugins = list(plugins) if isinstance(plugins, list | tuple) else plugins  # "x": refused
     options, model_options = option_tables(args)
-    for plugin, key, value in (
-        ("csv", "path", args.csv),
-        ("tensorboard", "log_dir", args.tensorboard),
-    ):
-        if value is not None:
-            plugins += [] if plugin in plugins or not isinstance(plugins, list) else [plugin]
-            options.setdefault(plugin, {})[key] = value
-    if plugins or "plugins" in settings:
-        settings["plugins"] = plugins
     if options:
         settings["options"] = _merged(settings.get("options", {}), options, nested=True)
     if model_options:
