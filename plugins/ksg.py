@@ -37,6 +37,8 @@ labels) has at most ``TREE_MAX_DIM`` dimensions, else brute force in row chunks 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import torch
@@ -103,7 +105,7 @@ def _use_tree(search: str, *dims: int) -> bool:
     return usable and (search == "tree" or (search == "auto" and sum(dims) <= TREE_MAX_DIM))
 
 
-def _chunks(n: int):
+def _chunks(n: int) -> Iterator[slice]:
     step = max(1, _CHUNK_ELEMENTS // max(n, 1))
     return (slice(i, min(i + step, n)) for i in range(0, n, step))
 
@@ -137,11 +139,11 @@ def _inside_sorted(v: np.ndarray, radius: np.ndarray) -> np.ndarray:
     s, last = np.sort(v), len(v) - 1
     lo, hi = np.searchsorted(s, v - radius, "right"), np.searchsorted(s, v + radius, "left")
 
-    def inside(j):
+    def inside(j: np.ndarray) -> np.ndarray:
         return np.abs(s[np.clip(j, 0, last)] - v) < radius
 
     while True:
-        moves = [
+        moves: list[tuple[np.ndarray, np.ndarray, int, Literal["left", "right"]]] = [
             (hi, (hi <= last) & inside(hi), 0, "right"),  # s[hi] inside: past its block
             (hi, (hi > 0) & (s[np.clip(hi - 1, 0, last)] > v) & ~inside(hi - 1), -1, "left"),
             (lo, (lo > 0) & inside(lo - 1), -1, "left"),
@@ -157,8 +159,8 @@ def _ksg_counts(xs: torch.Tensor, ys: torch.Tensor, k: int, tree: bool) -> torch
     """``(n_x, n_y)`` of eq. 8 per sample, an ``(N, 2)`` float64 tensor."""
     if tree:
         x, y = xs.cpu().numpy(), ys.cpu().numpy()
-        eps = _kth_tree(np.hstack([x, y]), k)
-        counts = np.stack([_closer_tree(x, eps), _closer_tree(y, eps)], axis=1)
+        radius = _kth_tree(np.hstack([x, y]), k)
+        counts = np.stack([_closer_tree(x, radius), _closer_tree(y, radius)], axis=1)
         return torch.from_numpy(counts).to(xs.device)
     n, parts = xs.shape[0], []
     for rows in _chunks(n):

@@ -285,7 +285,8 @@ class MICE(Plugin):
 
     def grid(self) -> np.ndarray:
         """The candidate widths: ``n_candidates`` equidistant points of ``sigma_range``."""
-        return np.linspace(*self.config.sigma_range, self.config.n_candidates)
+        low, high = self.config.sigma_range
+        return np.linspace(low, high, self.config.n_candidates)
 
     def width(self) -> float | None:
         """The width of this epoch: fixed, the previous epoch's, or epoch 0's running choice."""
