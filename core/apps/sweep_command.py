@@ -14,9 +14,8 @@ from infoshape.apps.flags import (
     RUN_FLAG_KEYS,
     add_run_flags,
     add_storage_option,
-    option_tables,
     parse_assignment,
-    read_config_file,
+    settings_from_flags,
 )
 from infoshape.errors import ConfigError
 
@@ -66,16 +65,10 @@ def sweep_settings(args: Any) -> dict[str, Any]:
     """Merge the config file (if any) and the ``sweep`` flags into one mapping; flags win."""
     from infoshape.apps.sweep import _merge
 
-    settings = read_config_file(args.config) if args.config else {}
+    settings = settings_from_flags(args, RUN_FLAG_KEYS)
     grid = dict(settings.get("sweep", {}) or {})
-    for key in RUN_FLAG_KEYS:
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    options, model_options = option_tables(args)
-    change: dict[str, Any] = {"options": options, "model_options": model_options}
     if args.base_plugins:
-        change["plugins"] = args.base_plugins
-    settings = _merge(settings, {k: v for k, v in change.items() if v})
+        settings = _merge(settings, {"plugins": args.base_plugins})
     for key, value in (
         ("out", args.out),
         ("plugins", args.plugins),

@@ -13,8 +13,7 @@ from infoshape.apps.flags import (
     RUN_FLAG_KEYS,
     add_run_flags,
     add_storage_option,
-    option_tables,
-    read_config_file,
+    settings_from_flags,
 )
 
 __all__ = ["EPILOG", "add_parser", "run", "train_settings"]
@@ -97,31 +96,11 @@ _FLAG_KEYS = (
 )  # fmt: skip
 
 
-def _merged(table: Any, additions: dict[str, Any], nested: bool = False) -> Any:
-    """``table`` (from the file) with ``additions`` (from flags) set key by key."""
-    if not isinstance(table, dict):
-        return table  # left for TrainConfig to refuse with its message
-    merged = dict(table)
-    for key, value in additions.items():
-        inner = merged.get(key)
-        merged[key] = {**inner, **value} if nested and isinstance(inner, dict) else value
-    return merged
-
-
 def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the config file (if any) and the ``train`` flags into one dict; flags win."""
-    settings = read_config_file(args.config) if args.config else {}
-    for key in _FLAG_KEYS:
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
+    settings = settings_from_flags(args, _FLAG_KEYS)
     if args.no_store:
         settings["store"] = None
-    options, model_options = option_tables(args)
-    if options:
-        settings["options"] = _merged(settings.get("options", {}), options, nested=True)
-    if model_options:
-        settings["model_options"] = _merged(settings.get("model_options", {}), model_options)
     return settings
 
 
