@@ -103,10 +103,10 @@ def _refuse(what: str, expected: str, got: Any, fix: str) -> ConfigError:
     )
 
 
-def _names(value: Any, what: str) -> tuple[str, ...]:
+def _names(value: Any, what: str, example: str = '["cr", "l1r"]') -> tuple[str, ...]:
     value = [value] if isinstance(value, str) else value
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise _refuse(what, "a list of names", value, f'{what} = ["cr", "l1r"]')
+        raise _refuse(what, "a list of names", value, f"{what} = {example}")
     return tuple(value)
 
 
@@ -141,7 +141,7 @@ def _merge(base: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]
 def _measured(grid: Mapping[str, Any]) -> tuple[str, ...]:
     """``[sweep] measure``, or the deprecated ``characteristics = true/false`` translated."""
     if "characteristics" not in grid:
-        return _names(grid.get("measure", []), "measure")
+        return _names(grid.get("measure", []), "measure", '["characteristics"]')
     old = grid["characteristics"]
     if "measure" in grid or not isinstance(old, bool):
         raise _refuse(

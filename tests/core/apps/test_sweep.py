@@ -234,6 +234,13 @@ def test_summary_columns_follow_the_measured_plugins(tmp_path):
     base = {**BASE, "plugins": ["characteristics"]}
     none = SweepConfig.from_mapping({**base, "sweep": {"out": str(tmp_path / "none")}})
     assert run_sweep(none, progress=False, log=lambda _: None).summary.columns == ("test_error",)
+    # a sweep.json written before `measure` (characteristics = true) summarizes them still
+    manifest = json.loads((tmp_path / "none" / "sweep.json").read_text())
+    del manifest["config"]["measure"]
+    manifest["config"]["characteristics"] = True
+    (tmp_path / "none" / "sweep.json").write_text(json.dumps(manifest))
+    old = summarize(tmp_path / "none").columns
+    assert old[0] == "test_error" and "sparsity" in old and "I_zx_lower" in old
 
     # two measured plugins: every metric of each, under its full name
     grid = {"out": str(tmp_path / "two"), "measure": ["characteristics", "renyi"]}
