@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from infoshape.errors import ConfigError
 from infoshape.math.linalg import as_samples, paired_labels, require_finite
 from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "KSG",
@@ -61,7 +64,9 @@ TREE_MAX_DIM = 12  # k-d tree up to this many dims (measured faster than brute a
 _CHUNK_ELEMENTS = 1 << 22  # distances held at once per matrix (32 MiB in float64)
 
 
-def _prepare(vs, standardize: bool, jitter: float, seed: int) -> list[torch.Tensor]:
+def _prepare(
+    vs: list[tuple[str, torch.Tensor | ArrayLike]], standardize: bool, jitter: float, seed: int
+) -> list[torch.Tensor]:
     """Finite float64 ``(N, d)`` copies of ``vs``, standardized, each with its own noise."""
     out = []
     for what, v in vs:
@@ -174,8 +179,8 @@ def _ksg_counts(xs: torch.Tensor, ys: torch.Tensor, k: int, tree: bool) -> torch
 
 
 def mutual_information(
-    x,
-    y,
+    x: torch.Tensor | ArrayLike,
+    y: torch.Tensor | ArrayLike,
     k: int = 3,
     *,
     standardize: bool = True,
@@ -214,8 +219,8 @@ def mutual_information(
 
 
 def mutual_information_mixed(
-    t,
-    labels,
+    t: torch.Tensor | ArrayLike,
+    labels: torch.Tensor | ArrayLike,
     k: int = 3,
     *,
     standardize: bool = True,
@@ -256,7 +261,12 @@ def mutual_information_mixed(
     return digamma_n + (torch.digamma(k_i) - torch.digamma(n_class) - torch.digamma(m + 1)).mean()
 
 
-def information_plane(x, t, labels, k: int = 3):
+def information_plane(
+    x: torch.Tensor | ArrayLike,
+    t: torch.Tensor | ArrayLike,
+    labels: torch.Tensor | ArrayLike,
+    k: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(I(X;T), I(T;Y))`` in nats, each ``max(0, ·)``: KSG on ``(x, t)``, Ross on labels."""
     i_xt, i_ty = mutual_information(x, t, k), mutual_information_mixed(t, labels, k)
     return i_xt.clamp(min=0), i_ty.clamp(min=0)
