@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from steps import seconds_per_step, synchronize, train_step  # benchmarks/steps.py
 
 import infoshape
 from infoshape import Tap
@@ -171,41 +171,23 @@ class Runner:
         self.device_type = torch.device(args.device).type
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        s = self.session
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            out = self.forward(x)
-            loss = s.loss(out, y) if s is not None else F.cross_entropy(out, y)
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        if s is not None:
-            s.step_end()
+        train_step(self.forward, self.session, self.opt, x, y, autocast=self.device_type)
 
     def close(self) -> None:
         if self.session is not None:
             self.session.close()
 
 
-def _synchronize(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_block(runner: Runner, batches, steps: int, device: str) -> float:
     """Seconds per step over ``steps`` steps, the device drained before and after."""
-    _synchronize(device)
-    start = time.perf_counter()
-    for i in range(steps):
-        runner.step(*batches[i % len(batches)])
-    _synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return seconds_per_step(runner.step, batches, steps, device)
 
 
 def count_syncs(runner: Runner, batches, steps: int, device: str) -> list[int]:
     """Host syncs in each of ``steps`` steps that start right after a metrics flush."""
     if runner.session is not None:
         runner.session.flush_steps()  # the window holds exactly one flush, at its end
-    _synchronize(device)
+    synchronize(device)
     per_step = []
     cuda = torch.device(device).type == "cuda"
     with warnings.catch_warnings(record=True) as caught:

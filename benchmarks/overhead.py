@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from steps import seconds_per_step, train_step  # benchmarks/steps.py
 
 import infoshape
 from infoshape import Stream, Tap
@@ -134,14 +134,7 @@ class Runner:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        out = self.model(x)
-        s = self.session
-        loss = s.loss(out, y) if s is not None else F.cross_entropy(out, y)
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        if s is not None:
-            s.step_end()
+        train_step(self.model, self.session, self.opt, x, y)
 
     def close(self) -> None:
         if self.session is not None:
@@ -201,11 +194,7 @@ def make_runners(name: str, model, spec: ModelSpec, plugins: list[str], folder: 
 
 
 def time_block(runner: Runner, batches, steps: int) -> float:
-    start = time.perf_counter()
-    for i in range(steps):
-        x, y = batches[i % len(batches)]
-        runner.step(x, y)
-    return (time.perf_counter() - start) / steps
+    return seconds_per_step(runner.step, batches, steps)
 
 
 def bench_model(name: str, args, folder: Path) -> tuple[list[dict], dict[str, str]]:

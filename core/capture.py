@@ -20,7 +20,7 @@ import difflib
 import fnmatch
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -415,7 +415,7 @@ class Capture:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    def _make_hook(self, wanted: list[_Resolved], clone: bool):
+    def _make_hook(self, wanted: list[_Resolved], clone: bool) -> Callable[[nn.Module, Any], None]:
         """A hook storing the first tensor of what it is given (the input or the output).
 
         With ``clone``, the tensor is copied first (differentiably): the module is about

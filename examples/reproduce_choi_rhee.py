@@ -118,6 +118,7 @@ def sweep_config(out: Path, quick: bool) -> SweepConfig:
         seeds=(0,) if quick else (0, 1),
         configurations=configurations(names),
         baseline=True,
+        measure=("characteristics",),
     )
 
 

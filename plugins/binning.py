@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
@@ -35,6 +36,9 @@ from infoshape.math.linalg import as_samples, nonempty_samples, require_finite
 from infoshape.options import positive, satisfies
 from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "SATURATION_RTOL",
@@ -49,12 +53,14 @@ __all__ = [
 SATURATION_RTOL = 0.01
 
 
-def _rows(symbols, what: str = "symbols") -> torch.Tensor:
+def _rows(symbols: torch.Tensor | ArrayLike, what: str = "symbols") -> torch.Tensor:
     rows = nonempty_samples(torch.as_tensor(symbols).detach(), "binning", dtype=None)
     return require_finite(rows, "binning", what)
 
 
-def discretize(t, n_bins: int = 30, bounds: tuple[float, float] | None = None) -> torch.Tensor:
+def discretize(
+    t: torch.Tensor | ArrayLike, n_bins: int = 30, bounds: tuple[float, float] | None = None
+) -> torch.Tensor:
     """Bin indices ``(N, d)`` (int64, in ``[0, n_bins)``) of each unit of ``t``.
 
     Args:
@@ -70,9 +76,9 @@ def discretize(t, n_bins: int = 30, bounds: tuple[float, float] | None = None) -
             got=repr(n_bins),
             fix="pass n_bins=30",
         )
-    t = require_finite(as_samples(torch.as_tensor(t).detach(), torch.float64), "binning", "t")
+    z = require_finite(as_samples(torch.as_tensor(t).detach(), torch.float64), "binning", "t")
     if bounds is None:
-        low, high = (float(t.min()), float(t.max())) if t.numel() else (0.0, 1.0)
+        low, high = (float(z.min()), float(z.max())) if z.numel() else (0.0, 1.0)
     else:
         low, high = map(float, bounds)
         if not low < high:
@@ -83,12 +89,12 @@ def discretize(t, n_bins: int = 30, bounds: tuple[float, float] | None = None) -
                 fix="pass e.g. bounds=(-1.0, 1.0) for tanh units, or None for the data's range",
             )
     if high == low:  # a constant layer: one bin
-        return torch.zeros(t.shape, dtype=torch.int64, device=t.device)
-    index = torch.floor((t - low) / (high - low) * n_bins)
+        return torch.zeros(z.shape, dtype=torch.int64, device=z.device)
+    index = torch.floor((z - low) / (high - low) * n_bins)
     return index.clamp(0, n_bins - 1).to(torch.int64)
 
 
-def entropy(symbols) -> torch.Tensor:
+def entropy(symbols: torch.Tensor | ArrayLike) -> torch.Tensor:
     """Plug-in entropy ``−Σ p·log p`` in nats of the rows of ``symbols``.
 
     ``symbols`` is ``(N,)`` or ``(N, k)`` (any dtype); equal rows are one symbol.
@@ -99,7 +105,9 @@ def entropy(symbols) -> torch.Tensor:
     return -(p * p.log()).sum()
 
 
-def mutual_information(a_symbols, b_symbols) -> torch.Tensor:
+def mutual_information(
+    a_symbols: torch.Tensor | ArrayLike, b_symbols: torch.Tensor | ArrayLike
+) -> torch.Tensor:
     """Plug-in ``I(A;B) = H(A) + H(B) − H(A,B)`` in nats of paired symbol rows."""
     a, b = _rows(a_symbols, "the first variable"), _rows(b_symbols, "the second variable")
     if a.shape[0] != b.shape[0]:
@@ -130,7 +138,13 @@ def _warn_saturated(h_t: torch.Tensor, n: int, n_bins: int) -> None:
     )
 
 
-def information_plane(x, t, labels, n_bins: int = 30, bounds=None):
+def information_plane(
+    x: torch.Tensor | ArrayLike,
+    t: torch.Tensor | ArrayLike,
+    labels: torch.Tensor | ArrayLike,
+    n_bins: int = 30,
+    bounds: tuple[float, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(I(X;T), I(T;Y))`` in nats, ``T`` binned, ``X`` the exact input rows.
 
     Warns ``saturated`` when ``H(T)`` reaches ``log N`` (module docstring).
@@ -179,7 +193,7 @@ class Binning(EstimatorPlugin):
         )
         layers: tuple[str, ...] = ()
 
-    def layer_metrics(self, t, labels) -> dict[str, torch.Tensor]:
+    def layer_metrics(self, t: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """``I_TX = H(T)`` (deterministic network) and ``I_TY`` of one layer's probe codes."""
         symbols = discretize(t, self.config.n_bins, self.config.bounds)
         h_t = entropy(symbols)

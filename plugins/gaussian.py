@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -44,6 +45,9 @@ from infoshape.math.linalg import (
 )
 from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "RIDGE",
@@ -65,7 +69,7 @@ RANK_RTOL = 1e-10
 _Singular = list[tuple[str, int, int, int]]
 
 
-def _samples(x, what: str = "x") -> torch.Tensor:
+def _samples(x: torch.Tensor | ArrayLike, what: str = "x") -> torch.Tensor:
     return require_finite(nonempty_samples(x, f"gaussian ({what})"), "gaussian", what)
 
 
@@ -136,7 +140,7 @@ def _entropy(
     return 0.5 * (z.shape[1] * math.log(2 * math.pi * math.e) + logdet)
 
 
-def entropy(x, *, ridge: float = RIDGE) -> torch.Tensor:
+def entropy(x: torch.Tensor | ArrayLike, *, ridge: float = RIDGE) -> torch.Tensor:
     """``H = ½·log det(2πe·(Σ + ridge·I))`` in nats of a Gaussian fitted to the rows of ``x``.
 
     Warns ``ridge_dominated`` (module docstring) when the ridge sets the result.
@@ -147,7 +151,9 @@ def entropy(x, *, ridge: float = RIDGE) -> torch.Tensor:
     return h
 
 
-def mutual_information(x, y, *, ridge: float = RIDGE) -> torch.Tensor:
+def mutual_information(
+    x: torch.Tensor | ArrayLike, y: torch.Tensor | ArrayLike, *, ridge: float = RIDGE
+) -> torch.Tensor:
     """``I(X;Y) = ½·log(det Σ_x · det Σ_y / det Σ_xy)`` in nats (ridge on each covariance).
 
     Warns ``ridge_dominated`` when the ridge sets a covariance (``Y`` a deterministic linear
@@ -173,7 +179,11 @@ def mutual_information(x, y, *, ridge: float = RIDGE) -> torch.Tensor:
 
 
 def mutual_information_labels(
-    t, labels, *, ridge: float = RIDGE, ceiling: bool = True
+    t: torch.Tensor | ArrayLike,
+    labels: torch.Tensor | ArrayLike,
+    *,
+    ridge: float = RIDGE,
+    ceiling: bool = True,
 ) -> torch.Tensor:
     """``I(T;Y) = H(T) − Σ_c p(c)·H(T|Y=c)`` in nats, every entropy a Gaussian fit.
 
@@ -214,7 +224,13 @@ def mutual_information_labels(
     return torch.minimum(value, h_y) if ceiling else value
 
 
-def information_plane(x, t, labels, *, ridge: float = RIDGE):
+def information_plane(
+    x: torch.Tensor | ArrayLike,
+    t: torch.Tensor | ArrayLike,
+    labels: torch.Tensor | ArrayLike,
+    *,
+    ridge: float = RIDGE,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(I(X;T), I(T;Y))`` in nats from Gaussian fits, ``I(T;Y)`` capped at ``H(Y)``.
 
     ``I(X;T)`` is set by the ridge when ``T`` is a deterministic function of ``X`` (warned).

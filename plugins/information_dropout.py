@@ -42,7 +42,7 @@ it in ``metrics/`` over ``epoch``) and ``information_dropout.kl.<m>``, the probe
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -188,11 +188,14 @@ class InformationDropoutLayer(nn.Module):
         return f * log_normal_noise(alpha) if self.training else f
 
 
-def _alpha_layer(model: nn.Module, name: str, module: nn.Module) -> tuple[nn.Module, str]:
+def _alpha_layer(
+    model: nn.Module, name: str, module: nn.Module
+) -> tuple[nn.Module, Literal["input", "output"]]:
     """``g`` for ``module`` (named ``name`` in ``model``) and whether it reads input or output."""
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
         m = module
-        layer: nn.Module = type(m)(
+        same_kind: Callable[..., nn.Module] = type(m)  # Conv1d/2d/3d: one signature
+        layer = same_kind(
             m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
             m.groups, bias=True, padding_mode=m.padding_mode,
         )  # fmt: skip

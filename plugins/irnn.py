@@ -265,15 +265,27 @@ class IRNN(Plugin):
         self.tap = Tap(name, point="pre")
         return [self.tap]
 
+    def _found(self) -> tuple[Tap, nn.Linear]:
+        """The tap of ``F(x)`` and the classifier ``W``, found when the session started."""
+        if self.tap is None or self.linear is None:
+            raise CaptureError(
+                "irnn: the classifier is not known yet",
+                expected="the plugin's hooks called by a started infoshape.Session",
+                got="a penalty or metric asked for before infoshape_taps ran",
+                fix="enable irnn through infoshape.Session(model, plugins=['irnn'])",
+            )
+        return self.tap, self.linear
+
     def _features(self, session: Any, captures: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-        return captures.get(session.capture_names(self.tap)[0])
+        return captures.get(session.capture_names(self._found()[0])[0])
 
     @hookimpl
     def infoshape_penalty(
         self, session: Any, captures: Mapping[str, torch.Tensor], targets: torch.Tensor
     ) -> list[Penalty]:
         """``irnn.logit`` (or ``irnn.naive``) every step, ``irnn.l1`` on scheduled steps."""
-        c, weight = self.config, self.linear.weight
+        (tap, linear), c = self._found(), self.config
+        weight = linear.weight
         out = []
         if c.alpha2 > 0 and c.mode == "naive":
             out.append(Penalty("irnn.naive", weight.pow(2).sum(), c.alpha2))
@@ -282,7 +294,7 @@ class IRNN(Plugin):
             if features is None:
                 raise CaptureError(
                     "irnn: the classifier's input was not captured in this forward pass",
-                    expected=f"session.model(x) to run {self.tap.describe()!r}",
+                    expected=f"session.model(x) to run {tap.describe()!r}",
                     got=f"captures {sorted(captures)}",
                     fix="compute the loss on the output of session.model(x)",
                 )
@@ -314,7 +326,7 @@ class IRNN(Plugin):
             features = self._features(session, captures)
             if features is not None:
                 out["irnn.feature_norm"] = float(features.detach().double().norm(dim=1).mean())
-            weight = self.linear.weight.detach().double()
+            weight = self._found()[1].weight.detach().double()
             out["irnn.weight_norm"] = float(weight.norm(dim=1).mean())
             out["irnn.sparsity"] = weight_sparsity(weight, self.config.zero_tol)
         return out

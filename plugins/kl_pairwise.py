@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 import torch
@@ -46,6 +46,9 @@ from infoshape.math.linalg import (
 from infoshape.options import one_of, positive
 from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "SATURATION_RTOL",
@@ -100,17 +103,21 @@ def _entropy(z: torch.Tensor, noise_var: float, bound: str) -> torch.Tensor:
     return d / 2 + (d / 2) * math.log(2 * math.pi * noise_var) + math.log(n) - lse.mean()
 
 
-def _samples(x, what: str = "x") -> torch.Tensor:
+def _samples(x: torch.Tensor | ArrayLike, what: str = "x") -> torch.Tensor:
     return require_finite(nonempty_samples(x, "kl_pairwise"), "kl_pairwise", what)
 
 
-def entropy_upper(x, noise_var: float = 0.1, *, unit: Unit = "nats") -> torch.Tensor:
+def entropy_upper(
+    x: torch.Tensor | ArrayLike, noise_var: float = 0.1, *, unit: Unit = "nats"
+) -> torch.Tensor:
     """KL upper bound on ``H(Z + ε)``, ``ε ~ N(0, noise_var·I)`` (Kolchinsky–Tracey eq. 10)."""
     _check(noise_var, unit=unit)
     return _in(_entropy(_samples(x), noise_var, "upper"), unit)
 
 
-def entropy_lower(x, noise_var: float = 0.1, *, unit: Unit = "nats") -> torch.Tensor:
+def entropy_lower(
+    x: torch.Tensor | ArrayLike, noise_var: float = 0.1, *, unit: Unit = "nats"
+) -> torch.Tensor:
     """Bhattacharyya lower bound on ``H(Z + ε)``, ``ε ~ N(0, noise_var·I)``."""
     _check(noise_var, unit=unit)
     return _in(_entropy(_samples(x), noise_var, "lower"), unit)
@@ -123,14 +130,27 @@ def conditional_entropy(d: int, noise_var: float = 0.1, *, unit: Unit = "nats") 
     return value / math.log(2.0) if unit == "bits" else value
 
 
-def mi_tx(x, noise_var: float = 0.1, bound: Bound = "upper", *, unit: Unit = "nats"):
+def mi_tx(
+    x: torch.Tensor | ArrayLike,
+    noise_var: float = 0.1,
+    bound: Bound = "upper",
+    *,
+    unit: Unit = "nats",
+) -> torch.Tensor:
     """``I(T;X) = H(T) − H(T|X)`` for ``T = Z + ε`` with the chosen bound on ``H(T)``."""
     _check(noise_var, bound, unit)
     z = _samples(x)
     return _in(_entropy(z, noise_var, bound) - conditional_entropy(z.shape[1], noise_var), unit)
 
 
-def mi_ty(x, labels, noise_var: float = 0.1, bound: Bound = "upper", *, unit: Unit = "nats"):
+def mi_ty(
+    x: torch.Tensor | ArrayLike,
+    labels: torch.Tensor | ArrayLike,
+    noise_var: float = 0.1,
+    bound: Bound = "upper",
+    *,
+    unit: Unit = "nats",
+) -> torch.Tensor:
     """``I(T;Y) = H(T) − Σ_c p(c)·H(T|Y=c)``, each entropy with the chosen bound.
 
     ``p(c)`` are the label frequencies; only classes present in ``labels`` enter.
@@ -159,7 +179,13 @@ def _warn_saturated(i_tx: torch.Tensor, n: int, noise_var: float) -> None:
     )
 
 
-def information_plane(x, t, labels, noise_var: float = 0.1, bound: Bound = "upper"):
+def information_plane(
+    x: torch.Tensor | ArrayLike | None,
+    t: torch.Tensor | ArrayLike,
+    labels: torch.Tensor | ArrayLike,
+    noise_var: float = 0.1,
+    bound: Bound = "upper",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(I(X;T), I(T;Y))`` in nats: the noise-based ``mi_tx(t)`` (``x`` unused) and ``mi_ty``.
 
     ``x`` is still checked for NaN/Inf; warns ``saturated`` at ``I(X;T) ≈ log N``.
@@ -201,7 +227,7 @@ class KLPairwise(EstimatorPlugin):
         bound: Bound = attrs.field(default="upper", validator=one_of("upper", "lower"))
         layers: tuple[str, ...] = ()
 
-    def layer_metrics(self, t, labels) -> dict[str, torch.Tensor]:
+    def layer_metrics(self, t: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """``I_TX`` and ``I_TY`` of one layer's probe representation."""
         i_tx, i_ty = information_plane(
             None, t, labels, noise_var=self.config.noise_var, bound=self.config.bound

@@ -37,6 +37,8 @@ labels) has at most ``TREE_MAX_DIM`` dimensions, else brute force in row chunks 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -46,6 +48,9 @@ from infoshape.errors import ConfigError
 from infoshape.math.linalg import as_samples, paired_labels, require_finite
 from infoshape.plugin import EstimatorPlugin
 from infoshape.registry import Estimator
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "KSG",
@@ -59,7 +64,9 @@ TREE_MAX_DIM = 12  # k-d tree up to this many dims (measured faster than brute a
 _CHUNK_ELEMENTS = 1 << 22  # distances held at once per matrix (32 MiB in float64)
 
 
-def _prepare(vs, standardize: bool, jitter: float, seed: int) -> list[torch.Tensor]:
+def _prepare(
+    vs: list[tuple[str, torch.Tensor | ArrayLike]], standardize: bool, jitter: float, seed: int
+) -> list[torch.Tensor]:
     """Finite float64 ``(N, d)`` copies of ``vs``, standardized, each with its own noise."""
     out = []
     for what, v in vs:
@@ -103,7 +110,7 @@ def _use_tree(search: str, *dims: int) -> bool:
     return usable and (search == "tree" or (search == "auto" and sum(dims) <= TREE_MAX_DIM))
 
 
-def _chunks(n: int):
+def _chunks(n: int) -> Iterator[slice]:
     step = max(1, _CHUNK_ELEMENTS // max(n, 1))
     return (slice(i, min(i + step, n)) for i in range(0, n, step))
 
@@ -137,11 +144,11 @@ def _inside_sorted(v: np.ndarray, radius: np.ndarray) -> np.ndarray:
     s, last = np.sort(v), len(v) - 1
     lo, hi = np.searchsorted(s, v - radius, "right"), np.searchsorted(s, v + radius, "left")
 
-    def inside(j):
+    def inside(j: np.ndarray) -> np.ndarray:
         return np.abs(s[np.clip(j, 0, last)] - v) < radius
 
     while True:
-        moves = [
+        moves: list[tuple[np.ndarray, np.ndarray, int, Literal["left", "right"]]] = [
             (hi, (hi <= last) & inside(hi), 0, "right"),  # s[hi] inside: past its block
             (hi, (hi > 0) & (s[np.clip(hi - 1, 0, last)] > v) & ~inside(hi - 1), -1, "left"),
             (lo, (lo > 0) & inside(lo - 1), -1, "left"),
@@ -157,8 +164,8 @@ def _ksg_counts(xs: torch.Tensor, ys: torch.Tensor, k: int, tree: bool) -> torch
     """``(n_x, n_y)`` of eq. 8 per sample, an ``(N, 2)`` float64 tensor."""
     if tree:
         x, y = xs.cpu().numpy(), ys.cpu().numpy()
-        eps = _kth_tree(np.hstack([x, y]), k)
-        counts = np.stack([_closer_tree(x, eps), _closer_tree(y, eps)], axis=1)
+        radius = _kth_tree(np.hstack([x, y]), k)
+        counts = np.stack([_closer_tree(x, radius), _closer_tree(y, radius)], axis=1)
         return torch.from_numpy(counts).to(xs.device)
     n, parts = xs.shape[0], []
     for rows in _chunks(n):
@@ -172,8 +179,8 @@ def _ksg_counts(xs: torch.Tensor, ys: torch.Tensor, k: int, tree: bool) -> torch
 
 
 def mutual_information(
-    x,
-    y,
+    x: torch.Tensor | ArrayLike,
+    y: torch.Tensor | ArrayLike,
     k: int = 3,
     *,
     standardize: bool = True,
@@ -212,8 +219,8 @@ def mutual_information(
 
 
 def mutual_information_mixed(
-    t,
-    labels,
+    t: torch.Tensor | ArrayLike,
+    labels: torch.Tensor | ArrayLike,
     k: int = 3,
     *,
     standardize: bool = True,
@@ -254,7 +261,12 @@ def mutual_information_mixed(
     return digamma_n + (torch.digamma(k_i) - torch.digamma(n_class) - torch.digamma(m + 1)).mean()
 
 
-def information_plane(x, t, labels, k: int = 3):
+def information_plane(
+    x: torch.Tensor | ArrayLike,
+    t: torch.Tensor | ArrayLike,
+    labels: torch.Tensor | ArrayLike,
+    k: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(I(X;T), I(T;Y))`` in nats, each ``max(0, ·)``: KSG on ``(x, t)``, Ross on labels."""
     i_xt, i_ty = mutual_information(x, t, k), mutual_information_mixed(t, labels, k)
     return i_xt.clamp(min=0), i_ty.clamp(min=0)

@@ -43,6 +43,7 @@ from typing import Any, Literal
 import attrs
 import numpy as np
 import torch
+from torch import nn
 
 from infoshape.capture import Tap
 from infoshape.errors import ConfigError
@@ -285,7 +286,8 @@ class MICE(Plugin):
 
     def grid(self) -> np.ndarray:
         """The candidate widths: ``n_candidates`` equidistant points of ``sigma_range``."""
-        return np.linspace(*self.config.sigma_range, self.config.n_candidates)
+        low, high = self.config.sigma_range
+        return np.linspace(low, high, self.config.n_candidates)
 
     def width(self) -> float | None:
         """The width of this epoch: fixed, the previous epoch's, or epoch 0's running choice."""
@@ -337,7 +339,14 @@ class MICE(Plugin):
             out.update(self._probe_metrics(session.module, x, outputs, targets, sigma))
         return out
 
-    def _probe_metrics(self, model, x, outputs, targets, sigma: float) -> dict[str, float]:
+    def _probe_metrics(
+        self,
+        model: nn.Module,
+        x: torch.Tensor | None,
+        outputs: torch.Tensor,
+        targets: torch.Tensor,
+        sigma: float,
+    ) -> dict[str, float]:
         """``I(Y;Ŷ)``, ``I(Y;X)``, the DPI flag and ``‖∇_θ I(Y;Ŷ)‖₂`` on probe chunks."""
         c, y = self.config, torch.as_tensor(targets).reshape(-1)
         chunks = [slice(a, a + c.probe_chunk) for a in range(0, y.numel(), c.probe_chunk)]

@@ -211,7 +211,7 @@ class MLflowSinkPlugin:
         self.config = config
 
     @hookimpl
-    def infoshape_sinks(self, session) -> list[MLflowSink]:
+    def infoshape_sinks(self, session: Any) -> list[MLflowSink]:
         """One MLflow sink."""
         config = self.config or self.Config()
         store = session.store

@@ -96,7 +96,7 @@ class TensorBoardSink:
         self._writer.close()
 
 
-def _beside_store(session, suffix: str) -> Path:
+def _beside_store(session: Any, suffix: str) -> Path:
     store = session.store
     if store is not None:
         return store.path.with_name(store.path.stem + suffix)
@@ -121,7 +121,7 @@ class CSVSinkPlugin(Plugin):
         append: bool = False
 
     @hookimpl
-    def infoshape_sinks(self, session) -> list[CSVSink]:
+    def infoshape_sinks(self, session: Any) -> list[CSVSink]:
         """One CSV sink."""
         config = self.config
         path = Path(config.path) if config.path else _beside_store(session, ".metrics.csv")
@@ -144,7 +144,7 @@ class TensorBoardSinkPlugin(Plugin):
         log_dir: str | None = None
 
     @hookimpl
-    def infoshape_sinks(self, session) -> list[TensorBoardSink]:
+    def infoshape_sinks(self, session: Any) -> list[TensorBoardSink]:
         """One TensorBoard sink."""
         config = self.config
         log_dir = Path(config.log_dir) if config.log_dir else _beside_store(session, ".tb")

@@ -85,12 +85,12 @@ class _L1(torch.autograd.Function):
     """``Σ_w |w|`` with the gradient ``sign(w)``: one pass per parameter each way."""
 
     @staticmethod
-    def forward(ctx, *params):
+    def forward(ctx: Any, *params: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(*params)
         return torch.stack([p.abs().sum() for p in params]).sum()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
         signs = torch._foreach_sign(ctx.saved_tensors)
         torch._foreach_mul_(signs, grad)
         return tuple(signs)
@@ -100,12 +100,12 @@ class _L2(torch.autograd.Function):
     """``Σ_w w²`` with the gradient ``2w``: one pass per parameter each way."""
 
     @staticmethod
-    def forward(ctx, *params):
+    def forward(ctx: Any, *params: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(*params)
         return torch.stack([torch.dot(p.reshape(-1), p.reshape(-1)) for p in params]).sum()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(torch._foreach_mul(ctx.saved_tensors, 2 * grad))
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "parse_assignment",
     "parse_toml_value",
     "read_config_file",
+    "settings_from_flags",
 ]
 
 RUN_FLAG_KEYS = (
@@ -170,4 +171,34 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         ) from err
     if settings.get("store") is False:
         settings["store"] = None
+    return settings
+
+
+def _merged(table: Any, additions: dict[str, Any], nested: bool = False) -> Any:
+    """``table`` (from the file) with ``additions`` (from flags) set key by key."""
+    if not isinstance(table, dict):
+        return table  # left for TrainConfig to refuse with its message
+    merged = dict(table)
+    for key, value in additions.items():
+        inner = merged.get(key)
+        merged[key] = {**inner, **value} if nested and isinstance(inner, dict) else value
+    return merged
+
+
+def settings_from_flags(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The ``--config`` file's settings (if any) with the flags applied; flags win.
+
+    Each flag in ``keys`` that was given replaces the file's value; ``--option`` and
+    ``--model-option`` set single keys of its ``options`` and ``model_options`` tables.
+    The settings of ``infoshape train`` and of the base run of ``infoshape sweep``.
+    """
+    settings = read_config_file(args.config) if args.config else {}
+    for key in keys:
+        if (value := getattr(args, key)) is not None:
+            settings[key] = value
+    options, model_options = option_tables(args)
+    if options:
+        settings["options"] = _merged(settings.get("options", {}), options, nested=True)
+    if model_options:
+        settings["model_options"] = _merged(settings.get("model_options", {}), model_options)
     return settings

@@ -63,10 +63,12 @@ def _panels(step: dict[str, Any], epoch: dict[str, Any]) -> list[tuple[str, str,
         ("penalties per epoch", "epoch", pick(e, lambda n: n.startswith("penalty."))),
         ("flags per epoch", "epoch", pick(e, lambda n: _is_flag(epoch[n]))),
     ]
+
+    def prefixed(plugin: str) -> Callable[[str], bool]:
+        return lambda n: n.startswith(plugin + ".")
+
     for plugin in dict.fromkeys(n.split(".")[0] for n in e if "." in n):
-        panels.append(
-            (f"{plugin} per epoch", "epoch", pick(e, lambda n, p=plugin: n.startswith(p + ".")))
-        )
+        panels.append((f"{plugin} per epoch", "epoch", pick(e, prefixed(plugin))))
     panels.append(("other epoch metrics", "epoch", e))
     return [p for p in panels if p[2]]
 

@@ -26,9 +26,9 @@ import re
 import struct
 import tempfile
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -38,6 +38,9 @@ from infoshape.errors import ASSUMPTION_CONDITIONS, ConfigError
 from infoshape.store import location
 from infoshape.store.read import open_store
 from infoshape.syntax import by_syntax
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType
 
 __all__ = [
     "default_report_dir",
@@ -266,7 +269,10 @@ def information_plane_figure(analysis: xr.Dataset, labels: np.ndarray | None = N
         )  # fmt: skip
     handles += _mark_flags(ax, analysis, xt, ty)
     # the two ceilings, told apart by colour and dash: I(X;T) <= log N, I(T;Y) <= H(Y)
-    lines = [(h_y, "H(Y)", "I(T;Y)", ax.axhline, "#1f77b4", "-.")] if h_y is not None else []
+    Ceiling = tuple[float, str, str, Callable[..., Any], str, "LineStyleType"]
+    lines: list[Ceiling] = []
+    if h_y is not None:
+        lines.append((h_y, "H(Y)", "I(T;Y)", ax.axhline, "#1f77b4", "-."))
     if labels is not None and labels.size:
         scale = np.log(2) if unit == "bits" else 1.0
         value = np.log(labels.size) / scale

@@ -23,11 +23,17 @@ cells" in ``summary.md`` and in ``sweep.json``.
 Cell ``NAME`` writes ``OUT/cells/NAME.zarr``. A cell whose store is complete (root attr
 ``status == "complete"``) and was trained with the cell's settings is not rerun; a
 missing, interrupted or failed one (``status`` ``running``/``failed``) is trained again
-from scratch. The ``characteristics`` plugin is enabled in every cell (``characteristics
-= false`` turns that off). ``OUT/sweep.json`` lists the cells; ``OUT/summary.md`` and
+from scratch. ``OUT/sweep.json`` lists the cells; ``OUT/summary.md`` and
 ``OUT/summary.csv`` hold, per group, the mean ± sample standard deviation over seeds of
-the test error (%, last epoch) and of every ``characteristics.*`` metric (last epoch),
-all read back from the stores (:func:`summarize`).
+the test error (%, last epoch), all read back from the stores (:func:`summarize`).
+
+**Measuring** (``measure = ["characteristics"]``): the plugins named in ``measure`` are
+enabled in every cell, to measure rather than to regularize, and the summary gains a
+column for each of their epoch metrics (every metric named ``<plugin>.*``, at the last
+epoch; :mod:`infoshape.apps.sweep_summary`). The core names no plugin: ``measure`` is empty
+unless the file or ``--measure`` says otherwise. The old key ``characteristics = true``
+still works, with a :class:`DeprecationWarning`, as ``measure = ["characteristics"]``
+(``false``: ``measure = []``).
 
 ``out`` may be an fsspec URL (``s3://bucket/sweeps/a``, ``--storage-option`` on the
 command line, ``storage_options=`` of :func:`run_sweep`): the cells' stores,
@@ -43,6 +49,7 @@ Config file (TOML): the ``infoshape train`` keys at top level, the grid under ``
     [sweep]
     out = "sweeps/choi_rhee"
     seeds = [0, 1, 2]
+    measure = ["characteristics"]
     plugins = ["cr", "l1r", "rr"]
     coefficients = [0.01, 0.1]
     [sweep.configurations.dropout]
@@ -54,6 +61,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -84,8 +92,9 @@ _IGNORED = ("store", "overwrite", "progress", "taps", "device", "data_root")
 """Settings that may differ between a finished cell's store and the sweep (not rerun)."""
 _SWEEP_KEYS = (
     "out", "seeds", "plugins", "coefficients", "configurations", "baseline",
-    "coefficient_option", "characteristics",
+    "coefficient_option", "measure",
 )  # fmt: skip
+_DEPRECATED_KEYS = ("characteristics",)  # -> measure (_measured)
 
 
 def _refuse(what: str, expected: str, got: Any, fix: str) -> ConfigError:
@@ -94,10 +103,10 @@ def _refuse(what: str, expected: str, got: Any, fix: str) -> ConfigError:
     )
 
 
-def _names(value: Any, what: str) -> tuple[str, ...]:
+def _names(value: Any, what: str, example: str = '["cr", "l1r"]') -> tuple[str, ...]:
     value = [value] if isinstance(value, str) else value
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise _refuse(what, "a list of names", value, f'{what} = ["cr", "l1r"]')
+        raise _refuse(what, "a list of names", value, f"{what} = {example}")
     return tuple(value)
 
 
@@ -127,6 +136,27 @@ def _merge(base: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def _measured(grid: Mapping[str, Any]) -> tuple[str, ...]:
+    """``[sweep] measure``, or the deprecated ``characteristics = true/false`` translated."""
+    if "characteristics" not in grid:
+        return _names(grid.get("measure", []), "measure", '["characteristics"]')
+    old = grid["characteristics"]
+    if "measure" in grid or not isinstance(old, bool):
+        raise _refuse(
+            "characteristics",
+            "measure = [...] alone (characteristics = true/false is its old spelling)",
+            old,
+            'replace it by measure = ["characteristics"] (or measure = [])',
+        )
+    new = '["characteristics"]' if old else "[]"
+    warnings.warn(
+        f"[sweep] characteristics = {str(old).lower()} is deprecated; write measure = {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return ("characteristics",) if old else ()
 
 
 def weight_option(plugin: str) -> str:
@@ -225,7 +255,8 @@ class SweepConfig:
         coefficient_option: the swept option's name, one for all plugins or a table
             ``{plugin: option}``; ``None`` (and plugins missing from the table): the option
             each plugin declares in its ``weight_option`` attribute.
-        characteristics: enable the ``characteristics`` plugin in every cell.
+        measure: plugins enabled in every cell to measure the representation; the
+            summary's columns are the test error and their epoch metrics.
     """
 
     base: dict[str, Any] = attrs.field(factory=dict)
@@ -236,7 +267,7 @@ class SweepConfig:
     configurations: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     baseline: bool = True
     coefficient_option: str | dict[str, str] | None = None
-    characteristics: bool = True
+    measure: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> SweepConfig:
@@ -247,7 +278,7 @@ class SweepConfig:
         """
         settings = dict(settings)
         grid = dict(settings.pop("sweep", {}) or {})
-        unknown = sorted(set(grid) - set(_SWEEP_KEYS))
+        unknown = sorted(set(grid) - {*_SWEEP_KEYS, *_DEPRECATED_KEYS})
         if unknown:
             raise ConfigError(
                 f"unknown sweep setting {unknown[0]!r}",
@@ -277,7 +308,7 @@ class SweepConfig:
             configurations={k: dict(v) for k, v in configurations.items()},
             baseline=bool(grid.get("baseline", True)),
             coefficient_option=dict(option) if isinstance(option, Mapping) else option,
-            characteristics=bool(grid.get("characteristics", True)),
+            measure=_measured(grid),
         )
 
     def _option(self, plugin: str) -> str:
@@ -309,8 +340,8 @@ class SweepConfig:
     def cells(self) -> list[Cell]:
         """Every cell, groups in :meth:`groups` order, seeds within each group."""
         base = dict(self.base)
-        if self.characteristics:
-            base = _merge(base, {"plugins": ["characteristics"]})
+        if self.measure:
+            base = _merge(base, {"plugins": list(self.measure)})
         cells = []
         for group, change in self.groups():
             for seed in self.seeds:

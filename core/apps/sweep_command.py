@@ -14,9 +14,8 @@ from infoshape.apps.flags import (
     RUN_FLAG_KEYS,
     add_run_flags,
     add_storage_option,
-    option_tables,
     parse_assignment,
-    read_config_file,
+    settings_from_flags,
 )
 from infoshape.errors import ConfigError
 
@@ -35,15 +34,17 @@ config file (TOML): the `infoshape train` keys at top level, the grid under [swe
   [model_options]  hidden = [100, 100, 100, 100, 100]
   [sweep]          out = "sweeps/cr"    seeds = [0, 1, 2]
                    plugins = ["cr", "l1r", "rr"]    coefficients = [0.01, 0.1]
+                   measure = ["characteristics"]
   [sweep.configurations.dropout]   model_options = {dropout = 0.5}
   [sweep.configurations.bn]        model_options = {batch_norm = true}
-Flags add to the file: --plugin/--coefficient/--seed/--configuration replace its lists,
---option and --model-option set keys of the base run.
+Flags add to the file: --plugin/--coefficient/--seed/--configuration/--measure replace
+its lists, --option and --model-option set keys of the base run.
 
 Each cell (group x seed) trains into OUT/cells/GROUP-seedK.zarr. Running the same
 command again skips complete cells and retrains interrupted or failed ones. The summary
 (OUT/summary.md, OUT/summary.csv) gives, per group, mean +- std over seeds of the test
-error (%) and every characteristic (the characteristics plugin runs in every cell).
+error (%) and of every epoch metric of the measured plugins (--measure NAME or
+[sweep] measure: enabled in every cell, their metrics NAME.* summarized at the last epoch).
 """
 
 
@@ -64,21 +65,16 @@ def sweep_settings(args: Any) -> dict[str, Any]:
     """Merge the config file (if any) and the ``sweep`` flags into one mapping; flags win."""
     from infoshape.apps.sweep import _merge
 
-    settings = read_config_file(args.config) if args.config else {}
+    settings = settings_from_flags(args, RUN_FLAG_KEYS)
     grid = dict(settings.get("sweep", {}) or {})
-    for key in RUN_FLAG_KEYS:
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    options, model_options = option_tables(args)
-    change: dict[str, Any] = {"options": options, "model_options": model_options}
     if args.base_plugins:
-        change["plugins"] = args.base_plugins
-    settings = _merge(settings, {k: v for k, v in change.items() if v})
+        settings = _merge(settings, {"plugins": args.base_plugins})
     for key, value in (
         ("out", args.out),
         ("plugins", args.plugins),
         ("coefficients", args.coefficients),
         ("seeds", args.seeds),
+        ("measure", args.measure),
     ):
         if value is not None:
             grid[key] = value
@@ -99,7 +95,7 @@ def add_parser(commands: Any, formatter: Any) -> None:
         "configurations (model options such as dropout or batch norm), and plugins x "
         "coefficients, each for every seed, with the built-in trainer. Resumable: complete "
         "cells are not rerun. Writes OUT/summary.md and OUT/summary.csv: test error and "
-        "every representation characteristic, mean +- std over seeds.",
+        "every epoch metric of the measured plugins, mean +- std over seeds.",
         epilog=EPILOG,
         formatter_class=formatter,
     )
@@ -118,6 +114,9 @@ def add_parser(commands: Any, formatter: Any) -> None:
     add("--no-baseline", action="store_true", help="leave out the unchanged base run")
     add("--base-plugin", action="append", dest="base_plugins", metavar="NAME",
         help="a plugin enabled in every cell (repeatable)")  # fmt: skip
+    add("--measure", action="append", metavar="NAME", help="a plugin enabled in every cell "
+        "whose epoch metrics (NAME.*) the summary reports, e.g. characteristics "
+        "(repeatable)")  # fmt: skip
     add_run_flags(p)  # the base run of every cell, as for infoshape train
     add("--summary-only", action="store_true", help="train nothing; rebuild the summary")
     add_storage_option(p, "an --out")

@@ -3,6 +3,13 @@
 :func:`summarize` reads ``OUT/sweep.json`` (written by :func:`infoshape.apps.sweep.run_sweep`) and
 every complete cell's store; :class:`Summary` writes ``summary.md`` and ``summary.csv`` and
 lists the cells that are not complete (failed, interrupted, missing) with their errors.
+
+The columns: ``test_error`` (%, from ``test.accuracy``), then every epoch metric of the
+sweep's measured plugins (``[sweep] measure``, kept in ``sweep.json``): the metrics named
+``<plugin>.*``, at the last epoch. With one measured plugin the names lose its prefix
+(``relu5.sparsity``), and the layer too when every store measured one layer
+(``sparsity``); with several they stay whole (``characteristics.relu5.sparsity``). A sweep
+that measures nothing summarizes the test error alone.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ __all__ = ["Summary", "summarize"]
 
 @attrs.frozen(kw_only=True)
 class Summary:
-    """Per group, mean and sample std over seeds of the test error and the characteristics.
+    """Per group, mean and sample std over seeds of the test error and the measured metrics.
 
     Attributes:
-        columns: metric names; ``"test_error"`` (%) first, then characteristics
-            (``amplitude``, or ``relu5.amplitude`` when several layers are measured).
+        columns: metric names; ``"test_error"`` (%) first, then the measured plugins'
+            epoch metrics (module docstring: ``amplitude``, or ``relu5.amplitude`` when
+            several layers are measured, or ``characteristics.relu5.amplitude`` when
+            several plugins are).
         rows: ``(group, n_seeds, {column: (mean, std)})``; std is NaN for one seed.
         values: ``{cell name: {column: value}}`` as read from each store.
         failed: ``(cell name, group, status, error)`` of every cell not complete:
@@ -85,9 +94,15 @@ class Summary:
 
 
 def _last_epoch_metrics(
-    store: location.StorePath, storage_options: Mapping[str, Any] | None = None
+    store: location.StorePath,
+    measure: tuple[str, ...],
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """``test_error`` (%) and every ``characteristics.*`` metric at the store's last epoch."""
+    """``test_error`` (%) and every epoch metric of the ``measure`` plugins, last epoch.
+
+    With one measured plugin its prefix is dropped (``characteristics.relu5.sparsity`` ->
+    ``relu5.sparsity``).
+    """
     import numpy as np
 
     from infoshape.store.read import open_store
@@ -106,11 +121,20 @@ def _last_epoch_metrics(
     out = {}
     if "test.accuracy" in last and (accuracy := value("test.accuracy")) is not None:
         out["test_error"] = 100.0 * (1.0 - accuracy)
+    prefixes = tuple(f"{plugin}." for plugin in measure)
     for name in map(str, last.data_vars):
-        is_characteristic = name.startswith("characteristics.") and last[name].dims == ("epoch",)
-        if is_characteristic and (found := value(name)) is not None:
-            out[name.removeprefix("characteristics.")] = found
+        measured = name.startswith(prefixes) and last[name].dims == ("epoch",)
+        if measured and (found := value(name)) is not None:
+            out[name.removeprefix(prefixes[0]) if len(prefixes) == 1 else name] = found
     return out
+
+
+def _measured(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The measured plugins recorded in ``sweep.json`` (``characteristics: true``: an old one)."""
+    config = manifest.get("config", {})
+    if "measure" in config:
+        return tuple(config["measure"])
+    return ("characteristics",) if config.get("characteristics", False) else ()
 
 
 def _short_names(values: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -153,6 +177,7 @@ def summarize(out: str | Path, storage_options: Mapping[str, Any] | None = None)
     import numpy as np
 
     manifest = _read_manifest(out, storage_options)
+    measure = _measured(manifest)
     cells, errors = manifest["cells"], manifest.get("failed", {})
     values: dict[str, dict[str, float]] = {}
     groups: dict[str, list[str]] = {}
@@ -165,9 +190,9 @@ def summarize(out: str | Path, storage_options: Mapping[str, Any] | None = None)
             error = errors.get(cell["name"], "")
             failed.append((cell["name"], cell["group"], "failed" if error else status, error))
             continue
-        values[cell["name"]] = _last_epoch_metrics(store, storage_options)
+        values[cell["name"]] = _last_epoch_metrics(store, measure, storage_options)
         groups.setdefault(cell["group"], []).append(cell["name"])
-    values = _short_names(values)
+    values = _short_names(values) if len(measure) == 1 else values
     columns = list(dict.fromkeys(k for v in values.values() for k in v))
     columns = (["test_error"] if "test_error" in columns else []) + sorted(
         c for c in columns if c != "test_error"

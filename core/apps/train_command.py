@@ -14,8 +14,7 @@ from infoshape.apps.flags import (
     RUN_FLAG_KEYS,
     add_run_flags,
     add_storage_option,
-    option_tables,
-    read_config_file,
+    settings_from_flags,
 )
 
 __all__ = ["EPILOG", "add_parser", "run", "train_settings"]
@@ -23,7 +22,8 @@ __all__ = ["EPILOG", "add_parser", "run", "train_settings"]
 EPILOG = """\
 examples:
   infoshape train                                   # mlp on the embedded digits, 10 epochs
-  infoshape train --model cnn --epochs 5 --csv runs/cnn.csv
+  infoshape train --model cnn --epochs 5 --plugin csv --option csv.path=runs/cnn.csv
+  infoshape train --plugin tensorboard --option tensorboard.log_dir=runs/tb
   infoshape train --dataset mnist --data-root ~/data --model cnn --device cuda
   infoshape train --plugin csv --option csv.path="m.csv" --tap 'fc*' --overwrite
   infoshape train --model mlp --model-option hidden=[128,64] --no-probe
@@ -92,8 +92,6 @@ def add_parser(commands: Any, formatter: Any) -> None:
         help="store this module's output for the probe set (name or glob; repeatable; "
         "default: the model's default taps)",
     )
-    add("--csv", metavar="PATH", help="enable the csv plugin, writing metrics to PATH")
-    add("--tensorboard", metavar="DIR", help="enable the tensorboard plugin, logging to DIR")
     add("--no-progress", action="store_const", const=False, dest="progress",
         help="no progress bar (there is none when stderr is not a terminal)")  # fmt: skip
     add("--nproc", type=int, metavar="N", help="train with DDP on N processes of this "
@@ -107,42 +105,11 @@ _FLAG_KEYS = (
 )  # fmt: skip
 
 
-def _merged(table: Any, additions: dict[str, Any], nested: bool = False) -> Any:
-    """``table`` (from the file) with ``additions`` (from flags) set key by key."""
-    if not isinstance(table, dict):
-        return table  # left for TrainConfig to refuse with its message
-    merged = dict(table)
-    for key, value in additions.items():
-        inner = merged.get(key)
-        merged[key] = {**inner, **value} if nested and isinstance(inner, dict) else value
-    return merged
-
-
 def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the config file (if any) and the ``train`` flags into one dict; flags win."""
-    settings = read_config_file(args.config) if args.config else {}
-    for key in _FLAG_KEYS:
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
+    settings = settings_from_flags(args, _FLAG_KEYS)
     if args.no_store:
         settings["store"] = None
-    plugins = settings.get("plugins", [])
-    plugins = list(plugins) if isinstance(plugins, list | tuple) else plugins  # "x": refused
-    options, model_options = option_tables(args)
-    for plugin, key, value in (
-        ("csv", "path", args.csv),
-        ("tensorboard", "log_dir", args.tensorboard),
-    ):
-        if value is not None:
-            plugins += [] if plugin in plugins or not isinstance(plugins, list) else [plugin]
-            options.setdefault(plugin, {})[key] = value
-    if plugins or "plugins" in settings:
-        settings["plugins"] = plugins
-    if options:
-        settings["options"] = _merged(settings.get("options", {}), options, nested=True)
-    if model_options:
-        settings["model_options"] = _merged(settings.get("model_options", {}), model_options)
     return settings
 
 

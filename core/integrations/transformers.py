@@ -77,7 +77,7 @@ from infoshape.session import Session
 
 try:
     from transformers import Trainer, TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 except ImportError as err:
     raise ConfigError(
         "infoshape.integrations.transformers needs Hugging Face Transformers",
@@ -296,7 +296,9 @@ class InfoshapeTrainerMixin:
         trainer.add_callback(_Lifecycle(self))
 
     # ------------------------------------------------------------ lifecycle
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+    def train(
+        self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any
+    ) -> TrainOutput:
         """``Trainer.train`` with the session open (resumed from the checkpoint's state)."""
         resume = self._saved_state(resume_from_checkpoint)
         self._open(resume)

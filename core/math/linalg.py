@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from infoshape.errors import ConfigError, NonFiniteError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "as_samples",
@@ -66,7 +69,7 @@ def _widened(value: Any) -> Any:
     return value
 
 
-def as_samples(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def as_samples(x: torch.Tensor | ArrayLike, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``x`` as a 2-D ``(N, features)`` tensor: one row per sample, trailing dims flattened.
 
     Raises:
@@ -85,7 +88,9 @@ def as_samples(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tenso
     return x if dtype is None else x.to(dtype)
 
 
-def nonempty_samples(x, who: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def nonempty_samples(
+    x: torch.Tensor | ArrayLike, who: str, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """``as_samples(x, dtype)``, refusing an empty batch with a message naming ``who``."""
     z = as_samples(x, dtype)
     if z.shape[0] == 0:
@@ -155,7 +160,7 @@ def require_class_labels(labels: torch.Tensor, n_classes: int, who: str, fix: st
         ) from None
 
 
-def paired_labels(z: torch.Tensor, labels, who: str) -> torch.Tensor:
+def paired_labels(z: torch.Tensor, labels: torch.Tensor | ArrayLike, who: str) -> torch.Tensor:
     """``labels`` as a 1-D tensor on ``z``'s device, one per row of ``z``, else an error."""
     labels = torch.as_tensor(labels).reshape(-1).to(z.device)
     if labels.shape[0] != z.shape[0]:
@@ -182,7 +187,7 @@ def class_conditional(
     return total
 
 
-def label_entropy(labels) -> torch.Tensor:
+def label_entropy(labels: torch.Tensor | ArrayLike) -> torch.Tensor:
     """Plug-in entropy ``H(Y) = −Σ_c p(c)·log p(c)`` in nats of the label frequencies (float64).
 
     The ceiling of every estimate of ``I(T;Y)`` for discrete labels.
@@ -215,7 +220,9 @@ def pairwise_sq_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> tor
 
 
 def one_hot(
-    labels: torch.Tensor, n_classes: int | None = None, dtype=torch.float64
+    labels: torch.Tensor | ArrayLike,
+    n_classes: int | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """One-hot rows ``(N, C)`` of integer ``labels`` (``C`` inferred when not given)."""
     labels = torch.as_tensor(labels).long().reshape(-1)

@@ -45,7 +45,7 @@ second derivative through them raises).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -77,7 +77,7 @@ def _samples(z: torch.Tensor, who: str, channels: bool = False) -> torch.Tensor:
     return x.reshape(len(x), z.shape[1], -1) if channels and z.ndim >= 3 else x[:, :, None]
 
 
-def _onehot(x: torch.Tensor, labels, n_classes: int, who: str) -> torch.Tensor:
+def _onehot(x: torch.Tensor, labels: torch.Tensor, n_classes: int, who: str) -> torch.Tensor:
     """The labels of ``x``'s ``N`` samples as a one-hot ``(N, K)`` float matrix.
 
     ``K = min(N, n_classes)`` columns: the classes present in the batch, in class order,
@@ -132,7 +132,7 @@ def _per_sample(per_group: torch.Tensor, onehot: torch.Tensor | None, n: int) ->
     return (onehot @ per_group.reshape(len(per_group), -1)).reshape(n, *per_group.shape[1:])
 
 
-def _centered(x: torch.Tensor, onehot: torch.Tensor | None, counts: torch.Tensor):
+def _centered(x: torch.Tensor, onehot: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
     """``x`` minus its group's mean (eq. 11), computed without autograd."""
     if onehot is None:
         return x - x.mean((0, 2), keepdim=True)
@@ -157,7 +157,9 @@ class _GroupVariance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, onehot, counts):
+    def forward(
+        ctx: Any, x: torch.Tensor, onehot: torch.Tensor | None, counts: torch.Tensor
+    ) -> torch.Tensor:
         centered = _centered(x, onehot, counts)
         inverse = 1 / counts.clamp_min(1)
         weights = inverse if onehot is None else onehot @ inverse
@@ -167,7 +169,7 @@ class _GroupVariance(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (weighted,) = ctx.saved_tensors
         return weighted * (2 * grad), None, None
 
@@ -180,7 +182,9 @@ class _GroupCovariance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, onehot, counts):
+    def forward(
+        ctx: Any, x: torch.Tensor, onehot: torch.Tensor | None, counts: torch.Tensor
+    ) -> torch.Tensor:
         centered = _centered(x, onehot, counts)
         ctx.save_for_backward(centered, onehot, counts)
         grams = torch.bmm(centered, centered.mT)
@@ -188,7 +192,7 @@ class _GroupCovariance(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         centered, onehot, counts = ctx.saved_tensors
         sym = (grad + grad.mT) / counts.clamp_min(1)[:, None, None]
         return torch.bmm(_per_sample(sym, onehot, len(centered)), centered), None, None
@@ -203,20 +207,26 @@ class _AbsoluteSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(x)
         magnitude = x.abs()
         return _sample_norms(x), magnitude.sum(2), magnitude.sum(1)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, norms, units, positions):
+    def backward(
+        ctx: Any,
+        norms: torch.Tensor | None,
+        units: torch.Tensor | None,
+        positions: torch.Tensor | None,
+    ) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         grad = x * (2 * norms)[:, None, None] if norms is not None else torch.zeros_like(x)
         if x.shape[2] == 1:  # rows: dense is cheaper than finding the non-zeros
-            units = 0 if units is None else units[:, :, None]
-            positions = 0 if positions is None else positions[:, None, :]
-            return grad.addcmul_(x.sign(), units + positions)
+            zero = x.new_zeros(())
+            by_unit = zero if units is None else units[:, :, None]
+            by_position = zero if positions is None else positions[:, None, :]
+            return grad.addcmul_(x.sign(), by_unit + by_position)
         if units is not None:
             n, i = units.nonzero(as_tuple=True)
             grad[n, i] += x[n, i].sign() * units[n, i, None]
@@ -236,7 +246,9 @@ class _GramCovariance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows, onehot, counts):
+    def forward(
+        ctx: Any, rows: torch.Tensor, onehot: torch.Tensor | None, counts: torch.Tensor
+    ) -> torch.Tensor:
         centered = _centered(rows[:, :, None], onehot, counts)[:, :, 0]
         counts = counts.clamp_min(1)
         variances = _by_group(centered.square(), onehot) / counts[:, None]
@@ -256,14 +268,16 @@ class _GramCovariance(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         centered, weighted, shrink, kept = ctx.saved_tensors
         pulled = torch.addcmul(weighted @ centered, shrink, centered, value=-1)
         return pulled.mul_(2 * grad * kept), None, None
 
 
 # ------------------------------------------------------------------ per-group terms
-def _flat_rows(x: torch.Tensor, onehot: torch.Tensor | None):
+def _flat_rows(
+    x: torch.Tensor, onehot: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Maps ``(N, u, P)`` as ``(N·P, u)`` rows (a copy when ``P > 1``), one-hot repeated."""
     positions = x.shape[2]
     rows = x.movedim(2, 1).reshape(-1, x.shape[1])

@@ -158,7 +158,7 @@ class Shade(Plugin):
         """β Ω summed over the layers (or one penalty per layer); keeps the batch's means."""
         c = self.config
         self._pending = {}
-        terms = {}
+        terms: dict[str, torch.Tensor] = {}
         for name, module in self._layers(session).items():
             if (y := captures.get(name)) is None:
                 continue
@@ -186,7 +186,7 @@ class Shade(Plugin):
             return {}
         import xarray as xr
 
-        c, out = self.config, {}
+        c, out = self.config, dict[str, Any]()
         for name, module in self._layers(session).items():
             if (averages := self.averages.get(name)) is None:
                 continue

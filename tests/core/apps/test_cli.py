@@ -55,7 +55,10 @@ def results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     commands = {
         "help train": (["train", "--help"], env),
         "train flags": (
-            ["train", *TRAIN_FLAGS, "--store", "flags.zarr", "--csv", str(work / "flags.csv")],
+            [
+                *("train", *TRAIN_FLAGS, "--store", "flags.zarr", "--plugin", "csv"),
+                *("--option", f"csv.path={(work / 'flags.csv').as_posix()}"),
+            ],
             env,
         ),
         "train config": (["train", "--config", str(config), "--store", "file.zarr"], env),

@@ -33,6 +33,7 @@ def sweep(tmp_path_factory):
         "plugins": ["cr", "l1r"],
         "coefficients": [0.001, 0.01, 0.1],
         "baseline": False,
+        "measure": ["characteristics"],
     }
     config = SweepConfig.from_mapping({**BASE, "sweep": grid})
     result = run_sweep(config, progress=False, log=lambda _: None)
@@ -115,6 +116,7 @@ def test_a_sweep_on_s3_and_its_runs(s3_bucket):
     prefix, options = s3_bucket
     out = f"{prefix}/sweeps/a"
     grid = {"out": out, "seeds": [0], "plugins": ["cr"], "coefficients": [0.01]}
+    grid["measure"] = ["characteristics"]
     config = SweepConfig.from_mapping({**BASE, "sweep": grid})
     result = run_sweep(config, progress=False, log=lambda _: None, storage_options=options)
     assert result.failed == {} and len(result.ran) == 2

@@ -28,7 +28,8 @@ BASE = {
 
 
 def _config(tmp_path, **grid):
-    return SweepConfig.from_mapping({**BASE, "sweep": {"out": str(tmp_path / "sw"), **grid}})
+    grid = {"out": str(tmp_path / "sw"), "measure": ["characteristics"], **grid}
+    return SweepConfig.from_mapping({**BASE, "sweep": grid})
 
 
 def test_grid_cells_and_their_settings(tmp_path):
@@ -106,7 +107,8 @@ def test_runs_resumes_and_summarizes_from_the_stores(tmp_path):
 def test_changed_settings_make_a_finished_cell_stale(tmp_path):
     config = _config(tmp_path)
     run_sweep(config, progress=False, log=lambda _: None)
-    longer = SweepConfig.from_mapping({**BASE, "epochs": 2, "sweep": {"out": str(tmp_path / "sw")}})
+    grid = {"out": str(tmp_path / "sw"), "measure": ["characteristics"]}
+    longer = SweepConfig.from_mapping({**BASE, "epochs": 2, "sweep": grid})
     assert cell_status(longer.cells()[0]) == "stale"
     assert cell_status(config.cells()[0]) == "complete"
 
@@ -141,6 +143,7 @@ def test_cli_runs_a_grid_from_a_file_and_flags(tmp_path, capsys):
         f'[sweep]\nout = "{(tmp_path / "cli").as_posix()}"\nseeds = [3]\n'
     )
     argv = ["sweep", "--config", str(config), "--configuration", "bn:batch_norm=true"]
+    argv += ["--measure", "characteristics"]
     argv += ["--option", "characteristics.bounds=[]", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -208,3 +211,49 @@ def test_every_first_party_penalty_plugin_declares_its_weight_option():
         assert hasattr(plugin, "weight_option"), f"{name} declares no weight_option"
         if plugin.weight_option is not None:  # it names a field of the plugin's Config
             assert plugin.weight_option in attrs.fields_dict(plugin.Config), name
+
+
+# ------------------------------------------------------------------ measured plugins
+def test_measure_names_the_summarized_plugins_and_the_old_key_still_works(tmp_path):
+    plain = _config(tmp_path, measure=[])
+    assert plain.measure == () and plain.cells()[0].settings.get("plugins", []) == []
+    with pytest.warns(DeprecationWarning, match=r'write measure = \["characteristics"\]'):
+        old = SweepConfig.from_mapping({**BASE, "sweep": {"characteristics": True}})
+    assert old.measure == ("characteristics",)
+    assert old.cells()[0].settings["plugins"] == ["characteristics"]
+    with pytest.warns(DeprecationWarning, match=r"write measure = \[\]"):
+        assert SweepConfig.from_mapping({"sweep": {"characteristics": False}}).measure == ()
+    with pytest.raises(ConfigError, match="'characteristics' is invalid"):
+        SweepConfig.from_mapping({"sweep": {"characteristics": True, "measure": []}})
+    with pytest.raises(ConfigError, match="'measure' is invalid"):
+        SweepConfig.from_mapping({"sweep": {"measure": [1]}})
+
+
+def test_summary_columns_follow_the_measured_plugins(tmp_path):
+    # nothing measured: the test error alone, although the characteristics plugin runs
+    base = {**BASE, "plugins": ["characteristics"]}
+    none = SweepConfig.from_mapping({**base, "sweep": {"out": str(tmp_path / "none")}})
+    assert run_sweep(none, progress=False, log=lambda _: None).summary.columns == ("test_error",)
+    # a sweep.json written before `measure` (characteristics = true) summarizes them still
+    manifest = json.loads((tmp_path / "none" / "sweep.json").read_text())
+    del manifest["config"]["measure"]
+    manifest["config"]["characteristics"] = True
+    (tmp_path / "none" / "sweep.json").write_text(json.dumps(manifest))
+    old = summarize(tmp_path / "none").columns
+    assert old[0] == "test_error" and "sparsity" in old and "I_zx_lower" in old
+
+    # two measured plugins: every metric of each, under its full name
+    grid = {"out": str(tmp_path / "two"), "measure": ["characteristics", "renyi"]}
+    options = {**BASE["options"], "renyi": {"layers": ["relu2"], "n_candidates": 4}}
+    two = SweepConfig.from_mapping({**BASE, "options": options, "sweep": grid})
+    summary = run_sweep(two, progress=False, log=lambda _: None).summary
+    store = infoshape.open_store(two.cells()[0].store)["metrics"]
+    measured = {
+        str(name)
+        for name in store.data_vars
+        if str(name).startswith(("characteristics.", "renyi.")) and store[name].dims == ("epoch",)
+    }
+    assert "characteristics.relu2.sparsity" in measured and any(
+        m.startswith("renyi.") for m in measured
+    )
+    assert summary.columns == ("test_error", *sorted(measured))
