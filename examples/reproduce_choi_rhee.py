@@ -9,7 +9,7 @@ and batch norm on every hidden layer (the zoo MLP's options); one loss weight pe
 regularizer fixed beforehand (listed in the table header; the paper picked each from
 {0.001, ..., 100} on validation data); characteristics on the test set at the last epoch.
 
-Two rank columns: the stable rank of the uncentred activations ``Z`` (METHODS.md §6, eq. 7,
+Two rank columns: the stable rank of the uncentred activations ``Z`` (docs/methods.md §6, eq. 7,
 the quantity RR regularizes) and that of their covariance ``C`` (the paper's Table 1 RANK);
 the paper's direction "RR lowers rank" is checked for both.
 

@@ -1,7 +1,7 @@
 """The ``information_dropout`` plugin: learned multiplicative log-normal noise (Achille & Soatto).
 
 Information Dropout ("Information Dropout: Learning Optimal Representations through
-Noise", §4; METHODS.md §3) multiplies the output ``f(x)`` of chosen layers by noise whose
+Noise", §4; docs/methods.md §3) multiplies the output ``f(x)`` of chosen layers by noise whose
 scale the network picks per sample and per unit:
 
 - ``z = ε ⊙ f(x)``, ``ε ~ logN(0, α(x)²)``, i.e. ``ε = exp(α·n)``, ``n ~ N(0, 1)`` (§4;
@@ -111,7 +111,7 @@ def log_normal_noise(alpha: torch.Tensor) -> torch.Tensor:
 
 @attrs.frozen(kw_only=True)
 class InformationDropoutConfig:
-    """Options of the ``information_dropout`` plugin (METHODS.md §3).
+    """Options of the ``information_dropout`` plugin (docs/methods.md §3).
 
     Attributes:
         layers: module names or globs whose outputs get the noise; ``()``: every convolution

@@ -1,6 +1,6 @@
 """The ``irnn`` plugin: the information-regularized logit penalty of IRNN and its diagnostics.
 
-"Information Regularized Neural Networks" (ICLR 2019 submission; METHODS.md §4) splits a
+"Information Regularized Neural Networks" (ICLR 2019 submission; docs/methods.md §4) splits a
 classifier into features ``F(x)`` and a final linear layer ``W`` whose rows ``w_c`` are the
 per-class weight vectors (the paper's ``w`` is ``d × C`` and calls them *columns*; torch's
 ``nn.Linear.weight`` is ``C × d``, so here they are rows). Eq. (7) trains with
@@ -10,7 +10,7 @@ per-class weight vectors (the paper's ``w`` is ``d × C`` and calls them *column
 (Hölder's bound of ``|w_{y_k}ᵀF(x_k)|``, Prop. 2.1). The plugin adds, as separate penalties,
 
 - ``irnn.logit``: ``mean_k ‖w_{y_k}‖₂·‖F(x_k)‖₂`` with weight α₂ at every step
-  (``mode="naive"``, alias ``"l2_logit"`` as METHODS.md names it: ``irnn.naive`` = ``‖W‖²``,
+  (``mode="naive"``, alias ``"l2_logit"``, docs/methods.md §4: ``irnn.naive`` = ``‖W‖²``,
   the squared Frobenius norm, the paper's "NaiveReg" baseline of Table 1);
 - ``irnn.l1``: ``‖W‖₁`` with weight α₁ on the steps ``session.step % l1_every == 0`` only
   (0-based steps 0, k, 2k, …: the first step counts, as ``step % 30 == 0`` does in the
@@ -219,7 +219,7 @@ def _mode(value: str) -> str:
 
 @attrs.frozen(kw_only=True)
 class IRNNConfig:
-    """Options of the ``irnn`` plugin (defaults: METHODS.md §4 and the issue).
+    """Options of the ``irnn`` plugin (defaults: docs/methods.md §4 and the issue).
 
     Attributes:
         alpha1: α₁, weight of ``‖W‖₁``; 0 disables the term.

@@ -1,7 +1,7 @@
 """The ``mi_ce`` plugin: cross-entropy mixed with the Rényi MI of labels and predictions.
 
 Zaugg et al., "Cross-entropy regularization with mutual information in training CNNs"
-(papers/mi_ce_mixing.md; METHODS.md §5). The objective (eq. 7) is
+(papers/mi_ce_mixing.md; docs/methods.md §5). The objective (eq. 7) is
 
     ``L = f(e)·CE − (1 − f(e))·I_α(Y; Ŷ)``,  ``f(e) = (1 + e)^(−1/2)``, ``e`` the 0-based epoch,
 
@@ -202,7 +202,7 @@ _range = satisfies(
 
 @attrs.frozen(kw_only=True)
 class MICEConfig:
-    """Options of the ``mi_ce`` plugin (defaults: METHODS.md §5 and its table).
+    """Options of the ``mi_ce`` plugin (defaults: docs/methods.md §5 and its table).
 
     Attributes:
         alpha: order α of the Rényi entropies.

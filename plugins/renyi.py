@@ -1,6 +1,6 @@
 """The ``renyi`` plugin: matrix-based Rényi α-entropy as an estimator and as epoch metrics.
 
-The math (METHODS.md §1: Gram matrices, trace-one normalization, ``H_α``, joint entropy,
+The math (docs/methods.md §1: Gram matrices, trace-one normalization, ``H_α``, joint entropy,
 ``I_α``, kernel widths, the Lanczos fast path) lives in :mod:`infoshape.math.matrix_entropy`
 and is re-exported here, so ``from infoshape.plugins.renyi import entropy, gram`` works.
 """
@@ -64,7 +64,7 @@ __all__ = [
 
 @attrs.frozen(kw_only=True)
 class RenyiConfig:
-    """Options of the ``renyi`` plugin (defaults: METHODS.md's table).
+    """Options of the ``renyi`` plugin (defaults: docs/methods.md's option tables).
 
     Attributes:
         alpha: order α.

@@ -1,4 +1,4 @@
-"""The weight-decay baselines of the Choi–Rhee family: ``l1w`` and ``l2w`` (METHODS.md §6).
+"""The weight-decay baselines of the Choi–Rhee family: ``l1w`` and ``l2w`` (docs/methods.md §6).
 
 L1W adds ``coefficient · Σ_w |w|`` and L2W ``coefficient · Σ_w w²`` (the squared L2 norm,
 without a ½) to the loss, the sums running over the model's weights: by default every
@@ -12,10 +12,10 @@ Defaults: ``l1w`` 10⁻⁴, ``l2w`` 10⁻³. The paper (Choi & Rhee, App. D) pic
 from ``{10⁻³, …, 100}`` by validation and reports none; its Table 6 shows the weight
 penalties leaving accuracy and the representation's characteristics near the baseline's.
 The gradient ``λ·sign(w)`` or ``2λw`` of a weight does not depend on the network's size, so
-there is no width to convert; on the zoo ``mlp`` (digits, 5 epochs, Adam 10⁻³) METHODS.md's
-0.01 drives L1W to chance accuracy (every weight near zero) and costs L2W 13 % accuracy,
-and L1W at 10⁻³ costs 10 %. The defaults are the largest powers of ten that keep the
-accuracy there while shrinking ``Σ|w|`` and ``Σw²`` by about a quarter
+there is no width to convert; on the zoo ``mlp`` (digits, 5 epochs, Adam 10⁻³) the first
+spec's 0.01 (docs/methods.md §6) drives L1W to chance accuracy (every weight near zero) and
+costs L2W 13 % accuracy, and L1W at 10⁻³ costs 10 %. The defaults are the largest powers of
+ten that keep the accuracy there while shrinking ``Σ|w|`` and ``Σw²`` by about a quarter
 (``tests/plugins/test_defaults.py``).
 """
 

@@ -6,7 +6,7 @@ One implementation each, so that every plugin computes a distance or a kernel th
 - :mod:`infoshape.math.linalg`: flattening to samples, pairwise squared distances, one-hot,
   label pairing, class-conditional splits, the finite-input check.
 - :mod:`infoshape.math.matrix_entropy`: Gram matrices and the matrix-based Rényi α-entropy
-  and mutual information (METHODS.md §1), kernel widths.
+  and mutual information (docs/methods.md §1), kernel widths.
 
 The math depends on :mod:`infoshape.errors` only, never on the session or an application.
 """

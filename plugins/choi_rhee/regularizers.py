@@ -1,6 +1,6 @@
 """The seven Choi–Rhee representation regularizers as plugins, one entry point each.
 
-``cr``, ``cw_cr``, ``vr``, ``cw_vr``, ``l1r``, ``rr``, ``cw_rr`` (METHODS.md §6; the math is
+``cr``, ``cw_cr``, ``vr``, ``cw_vr``, ``l1r``, ``rr``, ``cw_rr`` (docs/methods.md §6; the math is
 :mod:`infoshape.plugins.choi_rhee.functional`). Each taps the post-activation of its
 ``layers`` (module names or globs; by default the last activation module of the model, e.g.
 the last ``nn.ReLU`` before the classifier: the paper regularizes the last hidden layer) and
@@ -17,12 +17,12 @@ classes ``C`` (for the normalization and the label check): the ``n_classes`` opt
 default the width of the model's output logits ``(N, C)``. Classes absent from a batch
 add nothing.
 
-Default coefficients. METHODS.md's ``coefficient 0.01`` is a loss weight of the paper's
-Table 5 penalties, which are plain sums (CR sums ``c_ij²`` over ``i ≠ j``, both orders), on
-its 5-layer MLP (``u = 100`` units in the regularized layer, ``C = 10`` classes). Ours
-default to ``normalize=True``: divided by ``u(u−1)/2`` (one order of pairs) for CR, by ``u``
-for VR, L1R and RR, and by ``C`` more for the class-wise ones. The same penalty at the
-paper's width is ``0.01 × (terms)``, so each plugin's default is that product:
+Default coefficients (docs/methods.md §6). The first spec's ``coefficient 0.01`` is a loss
+weight of the paper's Table 5 penalties, which are plain sums (CR sums ``c_ij²`` over
+``i ≠ j``, both orders), on its 5-layer MLP (``u = 100`` units in the regularized layer,
+``C = 10`` classes). Ours default to ``normalize=True``: divided by ``u(u−1)/2`` (one order of
+pairs) for CR, by ``u`` for VR, L1R and RR, and by ``C`` more for the class-wise ones. The same
+penalty at the paper's width is ``0.01 × (terms)``, so each plugin's default is that product:
 
 ======  ==============================  =========
 plugin  paper λ × terms (u=100, C=10)   default
@@ -115,7 +115,7 @@ def last_activation(model: nn.Module) -> str:
 
 @attrs.frozen(kw_only=True)
 class RegularizerConfig:
-    """Options of every Choi–Rhee regularizer (defaults: METHODS.md's table).
+    """Options of every Choi–Rhee regularizer (defaults: docs/methods.md's option tables).
 
     Attributes:
         coefficient: the loss weight λ of the penalty (each plugin has its own default: the
