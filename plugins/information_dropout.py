@@ -41,6 +41,7 @@ it in ``metrics/`` over ``epoch``) and ``information_dropout.kl.<m>``, the probe
 
 from __future__ import annotations
 
+import logging
 import numbers
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -76,6 +77,7 @@ CHILD = "information_dropout"
 _POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ACTIVATIONS = (nn.ReLU, nn.Softplus)
+log = logging.getLogger(__name__)
 
 
 @full_precision
@@ -266,8 +268,22 @@ class InformationDropout(Plugin):
                     and max(m.stride) > 1
                 )
             ]
+            if names:
+                log.info(
+                    "information_dropout: no layers given; wrapping the downsampling layers "
+                    "(strided convolutions, pooling): %s",
+                    ", ".join(names),
+                )
         if not names and not self.config.layers:  # no downsampling: the hidden activations
             names = [n for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
+            if names:
+                log.info(
+                    "information_dropout: no layers given and no downsampling layer; wrapping "
+                    "every ReLU/Softplus module (the hidden layers): %s",
+                    ", ".join(names),
+                )
+        elif self.config.layers:
+            log.debug("information_dropout: layers %s match %s", self.config.layers, names)
         if not names:
             weighted = (nn.Linear, nn.modules.conv._ConvNd)
             leaves = [n for n, m in model.named_modules() if isinstance(m, weighted)]

@@ -16,6 +16,7 @@ from infoshape.apps.flags import (
     option_tables,
     read_config_file,
 )
+from infoshape.apps.logs import QUIET, add_verbosity_flags
 
 __all__ = ["EPILOG", "add_parser", "run", "train_settings"]
 
@@ -88,7 +89,9 @@ def add_parser(commands: Any, formatter: Any) -> None:
     add("--csv", metavar="PATH", help="enable the csv plugin, writing metrics to PATH")
     add("--tensorboard", metavar="DIR", help="enable the tensorboard plugin, logging to DIR")
     add("--no-progress", action="store_const", const=False, dest="progress",
-        help="no progress bar (there is none when stderr is not a terminal)")  # fmt: skip
+        help="no progress bar (there is none when stderr is not a terminal: then one line "
+        "per epoch)")  # fmt: skip
+    add_verbosity_flags(p)
     p.set_defaults(run=run)
 
 
@@ -143,11 +146,22 @@ def run(args: argparse.Namespace) -> int:
     from infoshape.store.location import parse_storage_options
 
     storage = parse_storage_options(args.storage_options)
+    settings = train_settings(args)
+    quiet = getattr(args, "verbosity", 0) <= QUIET
+    if quiet:
+        settings["progress"] = False
     if args.resume:
-        config, resume = resume_config(args.resume, train_settings(args), storage)
+        config, resume = resume_config(args.resume, settings, storage)
     else:
-        config, resume = TrainConfig.from_mapping(train_settings(args)), False
+        config, resume = TrainConfig.from_mapping(settings), False
     result = train(config, resume=resume, storage_options=storage)
+    if quiet:  # the one result line
+        store = f", store {result.store}" if result.store is not None else ""
+        print(
+            f"trained {config.model} on {config.dataset} for {config.epochs} epochs in "
+            f"{result.elapsed_s:.1f} s: test accuracy {result.test_accuracy:.4f}{store}"
+        )
+        return 0
     print(
         f"trained {config.model} on {config.dataset} for {config.epochs} epochs "
         f"in {result.elapsed_s:.1f} s" + (" (resumed)" if resume else "")
