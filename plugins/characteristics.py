@@ -35,6 +35,7 @@ of the model's ``default_taps`` (``reluK`` for the zoo ``mlp``), else the last
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -64,6 +65,8 @@ __all__ = [
     "stable_rank",
     "stable_rank_cov",
 ]
+
+log = logging.getLogger(__name__)
 
 CorrelationMode = Literal["positive", "absolute"]
 VAR_RTOL = 1e-12
@@ -281,6 +284,10 @@ class Characteristics(Plugin):
     def infoshape_taps(self, session: Any) -> list[Tap]:
         """The outputs of ``layers``, or of the model's last hidden layer."""
         layers = self.config.layers or (default_layer(session.model),)
+        if not self.config.layers:
+            log.info(
+                "characteristics: no layers given; measuring the last hidden layer, %s", layers[0]
+            )
         self.taps = [Tap(glob) for glob in layers]
         return self.taps
 

@@ -36,6 +36,7 @@ the constrain "throughout the training process"). All values in nats.
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -61,6 +62,8 @@ __all__ = [
     "logit_penalty",
     "weight_sparsity",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def find_classifier(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
@@ -262,6 +265,13 @@ class IRNN(Plugin):
     def infoshape_taps(self, session: Any) -> list[Tap]:
         """Find the classifier ``W`` in the (wrapped) model and tap its input ``F(x)``."""
         name, self.linear = find_classifier(session.model, self.config.classifier)
+        if self.config.classifier is None:
+            log.info(
+                "irnn: no classifier given; W is the last nn.Linear, %s (%d classes x %d features)",
+                name,
+                self.linear.out_features,
+                self.linear.in_features,
+            )
         self.tap = Tap(name, point="pre")
         return [self.tap]
 

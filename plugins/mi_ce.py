@@ -36,6 +36,7 @@ metrics: ``mi_ce.ce`` and, when ``f < 1``, ``mi_ce.mi`` of the training batch. U
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -73,6 +74,8 @@ __all__ = [
     "mi_ce_loss",
     "transition",
 ]
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("inverse_sqrt", "constant", "linear", "cosine")
 Schedule = str | Callable[..., float]  # a name in SCHEDULES or epoch -> f
@@ -280,6 +283,11 @@ class MICE(Plugin):
         if module is None:
             leaves = (n for n, m in session.module.named_modules() if n and not any(m.children()))
             module = next(leaves, None)
+            log.info(
+                "mi_ce: no input_module given; X of I(Y;X) is the input of the first leaf "
+                "module, %s",
+                module or "none (no I(Y;X), no saturation metric)",
+            )
         self.input_tap = Tap(module, point="pre") if module else None
         return [self.input_tap] if self.input_tap else []
 

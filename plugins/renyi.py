@@ -7,6 +7,7 @@ and is re-exported here, so ``from infoshape.plugins.renyi import entropy, gram`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -60,6 +61,8 @@ __all__ = [
     "select_sigma",
     "silverman_sigma",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen(kw_only=True)
@@ -117,6 +120,11 @@ class Renyi(Plugin):
         """The outputs of ``layers`` and the input of ``input_module``."""
         module = self.config.input_module
         self.taps = [Tap(glob) for glob in self.config.layers]
+        if not self.taps:
+            log.info(
+                "renyi: no layers given; no epoch metrics (the estimator stays available "
+                "offline: infoshape analyze); set layers=[...] to measure modules in training"
+            )
         self.input_tap = Tap(module, point="pre") if module else None
         return self.taps + ([self.input_tap] if self.input_tap else [])
 

@@ -22,6 +22,7 @@ ten that keep the accuracy there while shrinking ``Σ|w|`` and ``Σw²`` by abou
 from __future__ import annotations
 
 import fnmatch
+import logging
 from typing import Any, ClassVar
 
 import attrs
@@ -44,6 +45,8 @@ __all__ = [
     "l2_weights",
     "select_weights",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def select_weights(
@@ -151,6 +154,14 @@ class _WeightDecay(Plugin):
         """The weight penalty of the session's model."""
         if self.params is None:
             self.params = select_weights(session.model, self.config.modules, self.config.biases)
+            log.info(
+                "%s: penalizing %d parameter tensors (%d weights) of %s%s",
+                self.name,
+                len(self.params),
+                sum(p.numel() for p in self.params),
+                ", ".join(self.config.modules) or "every module",
+                "" if self.config.biases else " (matrices and kernels; no biases)",
+            )
         value = type(self).function(self.params)
         return [Penalty(self.name, value, self.config.coefficient)]
 

@@ -53,6 +53,7 @@ rises from 0.43 to 0.87 (paper: 0.97), at the baseline's accuracy or better. Wit
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -88,6 +89,8 @@ __all__ = [
     "VRConfig",
     "last_activation",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Module classes counted as activations when choosing the default layer.
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -173,6 +176,12 @@ class _Regularizer(Plugin, abc.ABC):
     def infoshape_taps(self, session: Any) -> list[Tap]:
         """The outputs of ``layers``, or of the model's last activation module."""
         globs = self.config.layers or (last_activation(session.model),)
+        if not self.config.layers:
+            log.info(
+                "%s: no layers given; regularizing the output of the last activation module, %s",
+                self.name,
+                globs[0],
+            )
         self.taps = [Tap(glob) for glob in globs]
         return self.taps
 

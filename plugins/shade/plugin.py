@@ -51,6 +51,7 @@ Functional API (no session needed): :func:`p_active`, :func:`shade_penalty`,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,6 +68,8 @@ from infoshape.plugins.shade.averages import ShadeAverages
 from infoshape.plugins.shade.functional import P_Z, PZ, _omega, _unit_layout
 
 __all__ = ["Shade", "ShadeConfig"]
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen(kw_only=True)
@@ -129,6 +132,12 @@ class Shade(Plugin):
         layers = self.config.layers
         targets = layers or (nn.ReLU,)
         self.taps = [Tap(g, point="pre", call=self.config.call) for g in targets]
+        if not layers:
+            relus = [n for n, m in session.model.named_modules() if isinstance(m, nn.ReLU)]
+            log.info(
+                "shade: no layers given; regularizing the input of every nn.ReLU: %s",
+                ", ".join(relus) or "none (the session will refuse the tap)",
+            )
         return self.taps
 
     def _layers(self, session: Any) -> dict[str, str]:
