@@ -48,6 +48,7 @@ import torch
 from infoshape.capture import Tap
 from infoshape.errors import ConfigError
 from infoshape.hookspecs import hookimpl
+from infoshape.math.linalg import one_hot
 from infoshape.math.matrix_entropy import (
     DECAY,
     LENGTH,
@@ -131,6 +132,7 @@ def label_mi(
     convention: Convention = "2sigma2",
     base: Literal["e", 2] = "e",
     method: Literal["exact", "auto"] = "exact",
+    n_classes: int | None = None,
 ) -> torch.Tensor:
     """``I_α(Y; Z) = H_α(A_y) + H_α(A_z) − H_α(A_y, A_z)`` (eq. 4–6), a float64 scalar.
 
@@ -138,13 +140,16 @@ def label_mi(
     ``A_z`` their Gaussian Gram of width ``sigma``, ``A_y`` the one-hot label Gram (both
     trace-normalized, :mod:`infoshape.math.matrix_entropy`). ``H_α(A_y)`` comes from the class
     proportions ``n_c/N``, which are the eigenvalues of ``A_y``, so a batch costs two ``N×N``
-    eigen-decompositions. Differentiable in ``z`` with ``method="exact"``.
+    eigen-decompositions. Differentiable in ``z`` with ``method="exact"``. ``n_classes``: the
+    number of classes (a training step passes the logits' width: no host sync reading
+    ``max(labels)``); ``None``: ``max(labels) + 1``. The result does not depend on it.
     """
     labels = torch.as_tensor(labels).reshape(-1)
-    A_y = normalize(label_gram(labels))
+    Y = one_hot(labels, n_classes)
+    A_y = normalize(label_gram(Y))
     A_z = normalize(gram(z, sigma, convention))
-    share = torch.bincount(labels.long()).to(torch.float64) / labels.numel()
-    h_y = entropy(torch.diag(share[share > 0]), alpha, base)  # the spectrum of A_y
+    share = Y.sum(0) / labels.numel()  # absent classes: eigenvalue 0, left out by entropy
+    h_y = entropy(torch.diag(share), alpha, base)  # the spectrum of A_y
     options: dict[str, Any] = {"base": base, "method": method}
     return h_y + entropy(A_z, alpha, **options) - joint_entropy(A_y, A_z, alpha, **options)
 
@@ -183,7 +188,7 @@ def _terms(
             got="sigma=None",
             fix="pass sigma, or let the plugin choose it by kernel alignment",
         )
-    mi = label_mi(logits.softmax(1), labels, sigma, alpha, **options)
+    mi = label_mi(logits.softmax(1), labels, sigma, alpha, n_classes=logits.shape[-1], **options)
     return f * ce - (1.0 - f) * mi.to(ce.dtype), ce, mi
 
 
@@ -312,10 +317,12 @@ class MICE(Plugin):
         """Eq. 7 on the batch; adds the batch's alignment curve to the epoch's sum."""
         c = self.config
         if c.sigma is None and outputs.ndim == 2:
-            curve = alignment_curve(outputs.detach().softmax(1), targets, self.grid(), c.convention)
+            probs, n = outputs.detach().softmax(1), outputs.shape[-1]
+            curve = alignment_curve(probs, targets, self.grid(), c.convention, n_classes=n)
             self._curve = curve if self._curve is None else self._curve + curve
             self._batches += 1
-        loss, ce, mi = _terms(outputs, targets, self._f(session.epoch), self.width(), **_kw(c))
+        f = self._f(session.epoch)  # the width only when used: epoch 0's is a host sync
+        loss, ce, mi = _terms(outputs, targets, f, self.width() if f < 1 else None, **_kw(c))
         self._step = {"mi_ce.ce": ce.detach()} | ({} if mi is None else {"mi_ce.mi": mi.detach()})
         return loss
 

@@ -48,6 +48,7 @@ def alignment_curve(
     labels: torch.Tensor,
     sigmas: Sequence[float],
     convention: Convention = "2sigma2",
+    n_classes: int | None = None,
 ) -> torch.Tensor:
     """Kernel-target alignment ``⟨K_σ, K_y⟩_F / (‖K_σ‖_F ‖K_y‖_F)`` for each width.
 
@@ -55,10 +56,10 @@ def alignment_curve(
     Over the pairs ``i < j``, with ``g = exp(−d²/(2σ²))``: ``⟨K, K_y⟩ = tr K_y + 2·Σ g·(K_y)_ij``
     and ``‖K‖_F² = N + 2·Σ g²`` (for class labels, ``(K_y)_ij = 1(y_i = y_j)``). Distances
     in float64, the ``len(sigmas)·N(N−1)/2`` exponentials in float32 (an argmax needs no
-    more). Returns float64.
+    more). ``n_classes`` as for :func:`label_gram` (given: no host sync). Returns float64.
     """
     z = as_samples(torch.as_tensor(x), torch.float64)
-    Ky = label_gram(labels).to(z.device)
+    Ky = label_gram(labels, n_classes).to(z.device)
     n = z.shape[0]
     i, j = torch.triu_indices(n, n, 1, device=z.device)
     d = pairwise_sq_distances(z)[i, j].float()

@@ -144,10 +144,14 @@ def gram(x: Any, sigma: float, convention: Convention = "2sigma2") -> torch.Tens
     return torch.neg(pairwise_sq_distances(z)).exp_()  # in place: one N² temporary less
 
 
-def label_gram(labels: Any) -> torch.Tensor:
-    """Label Gram ``K_y = Y Yᵀ`` of one-hot rows ``Y`` of integer labels (float rows as given)."""
+def label_gram(labels: Any, n_classes: int | None = None) -> torch.Tensor:
+    """Label Gram ``K_y = Y Yᵀ`` of one-hot rows ``Y`` of integer labels (float rows as given).
+
+    ``n_classes``: the one-hot width; ``None`` reads ``max(labels) + 1`` (a host sync on an
+    accelerator: a training step passes it). ``K_y`` does not depend on it.
+    """
     y = as_tensor(labels)
-    y = y.to(torch.float64) if y.is_floating_point() and y.ndim == 2 else one_hot(y)
+    y = y.to(torch.float64) if y.is_floating_point() and y.ndim == 2 else one_hot(y, n_classes)
     return y @ y.T
 
 
