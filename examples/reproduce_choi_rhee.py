@@ -133,7 +133,7 @@ def table(summary, config: SweepConfig, elapsed: float) -> tuple[str, dict]:
         + "; dropout 0.5 and BN on every hidden layer. Characteristics of relu5 on the 360 "
         "test samples at the last epoch: correlation = mean of the positive rho_ij over units "
         "with non-zero variance; Rank Z = ||Z||_F^2/||Z||_2^2 of the uncentred activations "
-        "(METHODS §6, eq. 7, what RR regularizes), Rank C = ||C||_F^2/||C||_2^2 of their "
+        "(docs/methods.md §6, eq. 7, what RR regularizes), Rank C = ||C||_F^2/||C||_2^2 of their "
         "covariance (the paper's Table 1 RANK), both normalized by min(N, u); I in nats "
         "(Kolchinsky-Tracey, noise variance 0.1). mean ± std over seeds. "
         f"Sweep wall time {elapsed / 60:.1f} min.\n\n"
@@ -156,7 +156,7 @@ def table(summary, config: SweepConfig, elapsed: float) -> tuple[str, dict]:
 def directions(results: dict) -> list[str]:
     checks = [
         ("L1R", "sparsity", ">", "L1R raises sparsity"),
-        ("RR", "stable_rank", "<", "RR lowers the stable rank of Z (uncentred, METHODS §6)"),
+        ("RR", "stable_rank", "<", "RR lowers the stable rank of Z (uncentred, methods.md §6)"),
         ("RR", "stable_rank_cov", "<", "RR lowers the stable rank of C (paper's Table 1 RANK)"),
         ("CR", "covariance", "<", "CR lowers covariance"),
     ]
