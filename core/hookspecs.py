@@ -39,7 +39,28 @@ PROJECT = "infoshape"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-__all__ = ["PROJECT", "MetricSink", "hookimpl", "hookspec"]
+# The hook specifications are listed too, so that ``help(infoshape.hookspecs)`` (pydoc shows
+# only the names in ``__all__``) documents every hook.
+__all__ = [
+    "PROJECT",
+    "MetricSink",
+    "hookimpl",
+    "hookspec",
+    "infoshape_configure",
+    "infoshape_datasets",
+    "infoshape_epoch_end",
+    "infoshape_estimators",
+    "infoshape_load_state_dict",
+    "infoshape_metrics",
+    "infoshape_objective",
+    "infoshape_penalty",
+    "infoshape_session_end",
+    "infoshape_sinks",
+    "infoshape_state_dict",
+    "infoshape_step_end",
+    "infoshape_taps",
+    "infoshape_wrap_model",
+]
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ reported too).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from infoshape import distributed
-from infoshape.errors import ConfigError, report_nonfinite
+from infoshape.errors import ConfigError, PluginHookError, raised_at, report_nonfinite
 
 if TYPE_CHECKING:
     from infoshape.capture import Capture
@@ -211,6 +211,7 @@ class Emitter:
         on_nonfinite: how held rows with NaN/Inf are reported: ``"raise"``, ``"warn"``,
             or ``"ignore"`` (not checked here: e.g. checked in each step already).
         world_size: the ranks whose values are reduced into one row.
+        on_error: called before a sink's error is raised (the session closes itself, failed).
     """
 
     def __init__(
@@ -221,6 +222,7 @@ class Emitter:
         log_every: int,
         on_nonfinite: str,
         world_size: int = 1,
+        on_error: Callable[[], object] | None = None,
     ) -> None:
         self.store = store
         self.sinks = list(sinks)
@@ -229,6 +231,15 @@ class Emitter:
         self.world_size = world_size
         self.where: dict[str, str] = {}
         """Checked value name to what it is, for messages (``"tap 'fc1' (fc1, output)"``)."""
+        self.owners: dict[int, str] = {}
+        """``id(sink)`` to the plugin whose ``infoshape_sinks`` returned it."""
+        self.on_error = on_error
+
+    def add_sinks(self, plugin: str, sinks: Iterable[MetricSink]) -> None:
+        """Add the sinks ``plugin``'s ``infoshape_sinks`` returned (named in their errors)."""
+        for sink in sinks:
+            self.owners[id(sink)] = plugin
+            self.sinks.append(sink)
 
     def name_captures(self, capture: Capture) -> None:
         """Name each capture's tap, module and point in the messages about its NaN/Inf."""
@@ -273,7 +284,29 @@ class Emitter:
         if self.store is not None:
             self.store.write(stage, index, plain)
         for sink in self.sinks:
-            sink.write(stage, index, plain)
+            try:
+                sink.write(stage, index, plain)
+            except PluginHookError:
+                raise
+            except Exception as err:
+                if self.on_error is not None:
+                    self.on_error()
+                raise self._sink_error(sink, stage, index, err) from err
+
+    def _sink_error(self, sink: Any, stage: str, index: int, err: Exception) -> PluginHookError:
+        """The error of a sink whose ``write`` raised, naming its plugin (or the user's sink)."""
+        kind = type(sink).__name__
+        plugin = self.owners.get(id(sink))
+        return PluginHookError(
+            plugin or kind,
+            "infoshape_sinks" if plugin else "Session(sinks=...)",
+            f"its metric sink {kind}.write raised {type(err).__name__}: {err}",
+            expected="the sink to write the row and return",
+            got=f"{type(err).__name__} writing the {stage} row {index}, raised in {raised_at(err)}",
+            fix=(f"fix the sink or disable {plugin!r}" if plugin else "fix or remove the sink")
+            + "; the run store keeps the rows written before (the session is closed, "
+            "its store marked failed)",
+        )
 
     def _report(self, step: int, names: list[str], values: Mapping[str, float]) -> None:
         """Raise or warn (``on_nonfinite``) for the first step with NaN/Inf values."""

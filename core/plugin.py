@@ -37,6 +37,7 @@ and call ``super()`` where it still wants the base's work (``infoshape_configure
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -213,6 +214,15 @@ class Plugin:
     infoshape_configure.__wrapped__ = _configure  # type: ignore[attr-defined]
 
 
+def _log_no_layers(plugin: Any) -> None:
+    """Say (INFO, on the plugin module's logger) that an estimator measures no layer."""
+    logging.getLogger(type(plugin).__module__).info(
+        "%s: no layers given; no epoch metrics (the estimator stays available offline: "
+        "infoshape analyze); set layers=[...] to measure modules during training",
+        plugin.name,
+    )
+
+
 class EstimatorPlugin(Plugin):
     """Registers :attr:`estimator`; taps ``Config.layers`` and reports :meth:`layer_metrics`.
 
@@ -244,6 +254,8 @@ class EstimatorPlugin(Plugin):
     def infoshape_taps(self, session: Session) -> list[Tap]:
         """One tap per module glob in the ``layers`` option."""
         self.taps = [Tap(glob) for glob in getattr(self.config, "layers", ())]
+        if not self.taps:
+            _log_no_layers(self)
         return self.taps
 
     @hookimpl

@@ -103,9 +103,9 @@ class Session:
 
     Under ``torch.distributed`` (DDP) each rank runs a session on its own batches;
     see :mod:`infoshape.distributed` for how taps, the probe set, metrics and the
-    store behave then. A plugin raising inside a hook ends the session (hooks
-    removed, store closed with status ``"failed"``) and surfaces as
-    :class:`PluginHookError` naming the plugin and the hook. A ``KeyboardInterrupt``
+    store behave then. A plugin raising inside a hook or a metric sink's ``write`` ends the
+    session (hooks removed, store closed with status ``"failed"``, its rows kept) and surfaces
+    as :class:`PluginHookError` naming the plugin and the hook. A ``KeyboardInterrupt``
     (Ctrl-C) leaving the ``with`` block closes the store with status ``"interrupted"``.
 
     Raises:
@@ -138,16 +138,15 @@ class Session:
         observers: Iterable[Observer] = (),
     ) -> None:
         check_settings(on_nonfinite, log_every, check_every)
-        self.n_train = n_train
-        self.seed = seed
+        self.n_train, self.seed = n_train, seed
         self.on_nonfinite = on_nonfinite
         self.probe_batch_size = probe_batch_size
-        self.step = 0
-        self.epoch = 0
+        self.step = self.epoch = 0
         self.closed = False
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.manager: PluginManager = build_plugin_manager(enable=plugins)
-        self.hooks = HookCaller(self.manager, self, on_error=lambda: self.close(status="failed"))
+        failed = functools.partial(self.close, status="failed")  # a plugin or sink raised
+        self.hooks = HookCaller(self.manager, self, on_error=failed)
         for observer in observers:
             self.hooks.observe(observer)
         self.plugins: dict[str, PluginInfo] = dict(self.manager.infos)
@@ -165,6 +164,7 @@ class Session:
         self._emitter = Emitter(
             None, sinks, log_every=log_every, on_nonfinite=held, world_size=self.world_size
         )
+        self._emitter.on_error = failed
         self._pending: dict[str, torch.Tensor] = {}
         self._logged: dict[str, dict[str, Any]] = {stage: {} for stage in STAGES}
         self._last: tuple[Mapping[str, torch.Tensor], Any, Any, Any] | None = None
@@ -217,8 +217,8 @@ class Session:
             self._taps = TapWriter(self._store, self._capture)
         if self.rank == 0:  # metrics are reduced across ranks and written by rank 0
             self._emitter.store = self._store
-            for _, result in self.hooks.call("infoshape_sinks"):
-                self._emitter.sinks.extend(result)
+            for plugin, result in self.hooks.call("infoshape_sinks"):
+                self._emitter.add_sinks(plugin, result)
 
     # --------------------------------------------------------------- access
     @property

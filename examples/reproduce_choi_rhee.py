@@ -9,7 +9,7 @@ and batch norm on every hidden layer (the zoo MLP's options); one loss weight pe
 regularizer fixed beforehand (listed in the table header; the paper picked each from
 {0.001, ..., 100} on validation data); characteristics on the test set at the last epoch.
 
-Two rank columns: the stable rank of the uncentred activations ``Z`` (METHODS.md §6, eq. 7,
+Two rank columns: the stable rank of the uncentred activations ``Z`` (docs/methods.md §6, eq. 7,
 the quantity RR regularizes) and that of their covariance ``C`` (the paper's Table 1 RANK);
 the paper's direction "RR lowers rank" is checked for both.
 
@@ -134,7 +134,7 @@ def table(summary, config: SweepConfig, elapsed: float) -> tuple[str, dict]:
         + "; dropout 0.5 and BN on every hidden layer. Characteristics of relu5 on the 360 "
         "test samples at the last epoch: correlation = mean of the positive rho_ij over units "
         "with non-zero variance; Rank Z = ||Z||_F^2/||Z||_2^2 of the uncentred activations "
-        "(METHODS §6, eq. 7, what RR regularizes), Rank C = ||C||_F^2/||C||_2^2 of their "
+        "(docs/methods.md §6, eq. 7, what RR regularizes), Rank C = ||C||_F^2/||C||_2^2 of their "
         "covariance (the paper's Table 1 RANK), both normalized by min(N, u); I in nats "
         "(Kolchinsky-Tracey, noise variance 0.1). mean ± std over seeds. "
         f"Sweep wall time {elapsed / 60:.1f} min.\n\n"
@@ -157,7 +157,7 @@ def table(summary, config: SweepConfig, elapsed: float) -> tuple[str, dict]:
 def directions(results: dict) -> list[str]:
     checks = [
         ("L1R", "sparsity", ">", "L1R raises sparsity"),
-        ("RR", "stable_rank", "<", "RR lowers the stable rank of Z (uncentred, METHODS §6)"),
+        ("RR", "stable_rank", "<", "RR lowers the stable rank of Z (uncentred, methods.md §6)"),
         ("RR", "stable_rank_cov", "<", "RR lowers the stable rank of C (paper's Table 1 RANK)"),
         ("CR", "covariance", "<", "CR lowers covariance"),
     ]

@@ -2,7 +2,7 @@
 
 At each epoch end, on the probe set (the test samples the trainer passes), for the
 post-activation output ``Z`` (``N`` samples × ``u`` units, conv maps flattened) of each
-chosen layer (METHODS.md §6):
+chosen layer (docs/methods.md §6):
 
 - ``amplitude``   activation amplitude ``mean_{n,i} |z_i^n|``;
 - ``covariance``  ``mean_{i≠j} |C_ij|``, ``C`` the biased (1/N) covariance of the units;
@@ -12,7 +12,7 @@ chosen layer (METHODS.md §6):
 - ``sparsity``    fraction of activations equal to zero (``|z| ≤ zero_tol``);
 - ``dead_units``  fraction of units zero on every sample (``P_d ≤ P_s``, eq. 5);
 - ``stable_rank`` ``‖Z‖_F² / ‖Z‖₂²`` (eq. 7) of the uncentred ``Z`` divided by
-  ``min(N, u)``, so it lies in ``[0, 1]`` (``0`` for an all-zero ``Z``): METHODS.md §6, the
+  ``min(N, u)``, so it lies in ``[0, 1]`` (``0`` for an all-zero ``Z``): docs/methods.md §6, the
   quantity RR regularizes;
 - ``stable_rank_cov`` ``‖C‖_F² / ‖C‖₂²`` of the biased covariance ``C`` of the units, divided
   by ``min(N, u)`` (``0`` for a constant ``Z``): the paper's Table 1 RANK, "rank(C_l);
@@ -21,7 +21,7 @@ chosen layer (METHODS.md §6):
   ``stable_rank`` it is one direction that can dominate ``‖Z‖₂`` for ReLU outputs;
 - ``I_zx_upper``, ``I_zx_lower``, ``I_zy_upper``, ``I_zy_lower``: ``I(z;x)`` and ``I(z;y)``
   by the Kolchinsky–Tracey pairwise-distance bounds of :mod:`infoshape.plugins.kl_pairwise`
-  (METHODS.md §1, noise variance 0.1, nats).
+  (docs/methods.md §1, noise variance 0.1, nats).
 
 Each characteristic is also a function of an ``(N, ...)`` array or tensor
 (:func:`amplitude`, :func:`covariance`, ... and :func:`characteristics` for all at once).
@@ -35,6 +35,7 @@ of the model's ``default_taps`` (``reluK`` for the zoo ``mlp``), else the last
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -64,6 +65,8 @@ __all__ = [
     "stable_rank",
     "stable_rank_cov",
 ]
+
+log = logging.getLogger(__name__)
 
 CorrelationMode = Literal["positive", "absolute"]
 VAR_RTOL = 1e-12
@@ -176,7 +179,7 @@ def stable_rank_cov(z: Any, normalize: bool = True) -> float:
 def mutual_information(
     z: Any, labels: Any, noise_var: float = 0.1, bounds: tuple[str, ...] = ("upper", "lower")
 ) -> dict[str, float]:
-    """``I(z;x)`` and ``I(z;y)`` in nats by the Kolchinsky–Tracey bounds (METHODS.md §1).
+    """``I(z;x)`` and ``I(z;y)`` in nats by the Kolchinsky–Tracey bounds (docs/methods.md §1).
 
     Returns:
         ``{"I_zx_<bound>": ..., "I_zy_<bound>": ...}`` for each bound in ``bounds``.
@@ -251,7 +254,7 @@ class CharacteristicsConfig:
             hidden layer (:func:`default_layer`).
         correlation: ``"positive"`` (the paper: mean of the positive ρ_ij) or ``"absolute"``.
         zero_tol: an activation with ``|z| ≤ zero_tol`` counts as zero (sparsity, dead units).
-        noise_var: noise variance σ² of the I(z;x), I(z;y) bounds (METHODS.md §1: 0.1).
+        noise_var: noise variance σ² of the I(z;x), I(z;y) bounds (docs/methods.md §1: 0.1).
         bounds: which Kolchinsky–Tracey bounds to report; empty: no mutual information
             (it costs O(N² u) per layer).
     """
@@ -281,6 +284,10 @@ class Characteristics(Plugin):
     def infoshape_taps(self, session: Any) -> list[Tap]:
         """The outputs of ``layers``, or of the model's last hidden layer."""
         layers = self.config.layers or (default_layer(session.model),)
+        if not self.config.layers:
+            log.info(
+                "characteristics: no layers given; measuring the last hidden layer, %s", layers[0]
+            )
         self.taps = [Tap(glob) for glob in layers]
         return self.taps
 

@@ -1,7 +1,7 @@
 """The ``information_dropout`` plugin: learned multiplicative log-normal noise (Achille & Soatto).
 
 Information Dropout ("Information Dropout: Learning Optimal Representations through
-Noise", §4; METHODS.md §3) multiplies the output ``f(x)`` of chosen layers by noise whose
+Noise", §4; docs/methods.md §3) multiplies the output ``f(x)`` of chosen layers by noise whose
 scale the network picks per sample and per unit:
 
 - ``z = ε ⊙ f(x)``, ``ε ~ logN(0, α(x)²)``, i.e. ``ε = exp(α·n)``, ``n ~ N(0, 1)`` (§4;
@@ -41,6 +41,7 @@ it in ``metrics/`` over ``epoch``) and ``information_dropout.kl.<m>``, the probe
 
 from __future__ import annotations
 
+import logging
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -76,6 +77,7 @@ CHILD = "information_dropout"
 _POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ACTIVATIONS = (nn.ReLU, nn.Softplus)
+log = logging.getLogger(__name__)
 
 
 @full_precision
@@ -111,7 +113,7 @@ def log_normal_noise(alpha: torch.Tensor) -> torch.Tensor:
 
 @attrs.frozen(kw_only=True)
 class InformationDropoutConfig:
-    """Options of the ``information_dropout`` plugin (METHODS.md §3).
+    """Options of the ``information_dropout`` plugin (docs/methods.md §3).
 
     Attributes:
         layers: module names or globs whose outputs get the noise; ``()``: every convolution
@@ -269,8 +271,22 @@ class InformationDropout(Plugin):
                     and max(m.stride) > 1
                 )
             ]
+            if names:
+                log.info(
+                    "information_dropout: no layers given; wrapping the downsampling layers "
+                    "(strided convolutions, pooling): %s",
+                    ", ".join(names),
+                )
         if not names and not self.config.layers:  # no downsampling: the hidden activations
             names = [n for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
+            if names:
+                log.info(
+                    "information_dropout: no layers given and no downsampling layer; wrapping "
+                    "every ReLU/Softplus module (the hidden layers): %s",
+                    ", ".join(names),
+                )
+        elif self.config.layers:
+            log.debug("information_dropout: layers %s match %s", self.config.layers, names)
         if not names:
             weighted = (nn.Linear, nn.modules.conv._ConvNd)
             leaves = [n for n, m in model.named_modules() if isinstance(m, weighted)]

@@ -1,6 +1,6 @@
 """The ``irnn`` plugin: the information-regularized logit penalty of IRNN and its diagnostics.
 
-"Information Regularized Neural Networks" (ICLR 2019 submission; METHODS.md §4) splits a
+"Information Regularized Neural Networks" (ICLR 2019 submission; docs/methods.md §4) splits a
 classifier into features ``F(x)`` and a final linear layer ``W`` whose rows ``w_c`` are the
 per-class weight vectors (the paper's ``w`` is ``d × C`` and calls them *columns*; torch's
 ``nn.Linear.weight`` is ``C × d``, so here they are rows). Eq. (7) trains with
@@ -10,7 +10,7 @@ per-class weight vectors (the paper's ``w`` is ``d × C`` and calls them *column
 (Hölder's bound of ``|w_{y_k}ᵀF(x_k)|``, Prop. 2.1). The plugin adds, as separate penalties,
 
 - ``irnn.logit``: ``mean_k ‖w_{y_k}‖₂·‖F(x_k)‖₂`` with weight α₂ at every step
-  (``mode="naive"``, alias ``"l2_logit"`` as METHODS.md names it: ``irnn.naive`` = ``‖W‖²``,
+  (``mode="naive"``, alias ``"l2_logit"``, docs/methods.md §4: ``irnn.naive`` = ``‖W‖²``,
   the squared Frobenius norm, the paper's "NaiveReg" baseline of Table 1);
 - ``irnn.l1``: ``‖W‖₁`` with weight α₁ on the steps ``session.step % l1_every == 0`` only
   (0-based steps 0, k, 2k, …: the first step counts, as ``step % 30 == 0`` does in the
@@ -36,6 +36,7 @@ the constrain "throughout the training process"). All values in nats.
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -61,6 +62,8 @@ __all__ = [
     "logit_penalty",
     "weight_sparsity",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def find_classifier(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
@@ -219,7 +222,7 @@ def _mode(value: str) -> str:
 
 @attrs.frozen(kw_only=True)
 class IRNNConfig:
-    """Options of the ``irnn`` plugin (defaults: METHODS.md §4 and the issue).
+    """Options of the ``irnn`` plugin (defaults: docs/methods.md §4 and the issue).
 
     Attributes:
         alpha1: α₁, weight of ``‖W‖₁``; 0 disables the term.
@@ -262,6 +265,13 @@ class IRNN(Plugin):
     def infoshape_taps(self, session: Any) -> list[Tap]:
         """Find the classifier ``W`` in the (wrapped) model and tap its input ``F(x)``."""
         name, self.linear = find_classifier(session.model, self.config.classifier)
+        if self.config.classifier is None:
+            log.info(
+                "irnn: no classifier given; W is the last nn.Linear, %s (%d classes x %d features)",
+                name,
+                self.linear.out_features,
+                self.linear.in_features,
+            )
         self.tap = Tap(name, point="pre")
         return [self.tap]
 

@@ -71,7 +71,7 @@ def _check(noise_var: float, bound: str = "upper", unit: str = "nats") -> None:
     if not float(noise_var) > 0:
         raise ConfigError(
             "kl_pairwise: the noise variance must be positive",
-            expected="noise_var > 0 (METHODS.md default 0.1; papers also use 1e-3 and 0.05)",
+            expected="noise_var > 0 (docs/methods.md default 0.1; papers also use 1e-3 and 0.05)",
             got=repr(noise_var),
             fix="pass noise_var=0.1",
         )

@@ -1,7 +1,7 @@
 """The ``mi_ce`` plugin: cross-entropy mixed with the Rényi MI of labels and predictions.
 
 Zaugg et al., "Cross-entropy regularization with mutual information in training CNNs"
-(papers/mi_ce_mixing.md; METHODS.md §5). The objective (eq. 7) is
+(papers/mi_ce_mixing.md; docs/methods.md §5). The objective (eq. 7) is
 
     ``L = f(e)·CE − (1 − f(e))·I_α(Y; Ŷ)``,  ``f(e) = (1 + e)^(−1/2)``, ``e`` the 0-based epoch,
 
@@ -36,6 +36,7 @@ metrics: ``mi_ce.ce`` and, when ``f < 1``, ``mi_ce.mi`` of the training batch. U
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -48,6 +49,7 @@ from torch import nn
 from infoshape.capture import Tap
 from infoshape.errors import ConfigError
 from infoshape.hookspecs import hookimpl
+from infoshape.math.linalg import one_hot
 from infoshape.math.matrix_entropy import (
     DECAY,
     LENGTH,
@@ -74,6 +76,8 @@ __all__ = [
     "mi_ce_loss",
     "transition",
 ]
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("inverse_sqrt", "constant", "linear", "cosine")
 Schedule = str | Callable[..., float]  # a name in SCHEDULES or epoch -> f
@@ -129,6 +133,7 @@ def label_mi(
     convention: Convention = "2sigma2",
     base: Literal["e", 2] = "e",
     method: Literal["exact", "auto"] = "exact",
+    n_classes: int | None = None,
 ) -> torch.Tensor:
     """``I_α(Y; Z) = H_α(A_y) + H_α(A_z) − H_α(A_y, A_z)`` (eq. 4–6), a float64 scalar.
 
@@ -136,13 +141,16 @@ def label_mi(
     ``A_z`` their Gaussian Gram of width ``sigma``, ``A_y`` the one-hot label Gram (both
     trace-normalized, :mod:`infoshape.math.matrix_entropy`). ``H_α(A_y)`` comes from the class
     proportions ``n_c/N``, which are the eigenvalues of ``A_y``, so a batch costs two ``N×N``
-    eigen-decompositions. Differentiable in ``z`` with ``method="exact"``.
+    eigen-decompositions. Differentiable in ``z`` with ``method="exact"``. ``n_classes``: the
+    number of classes (a training step passes the logits' width: no host sync reading
+    ``max(labels)``); ``None``: ``max(labels) + 1``. The result does not depend on it.
     """
     labels = torch.as_tensor(labels).reshape(-1)
-    A_y = normalize(label_gram(labels))
+    Y = one_hot(labels, n_classes)
+    A_y = normalize(label_gram(Y))
     A_z = normalize(gram(z, sigma, convention))
-    share = torch.bincount(labels.long()).to(torch.float64) / labels.numel()
-    h_y = entropy(torch.diag(share[share > 0]), alpha, base)  # the spectrum of A_y
+    share = Y.sum(0) / labels.numel()  # absent classes: eigenvalue 0, left out by entropy
+    h_y = entropy(torch.diag(share), alpha, base)  # the spectrum of A_y
     options: dict[str, Any] = {"base": base, "method": method}
     return h_y + entropy(A_z, alpha, **options) - joint_entropy(A_y, A_z, alpha, **options)
 
@@ -181,7 +189,7 @@ def _terms(
             got="sigma=None",
             fix="pass sigma, or let the plugin choose it by kernel alignment",
         )
-    mi = label_mi(logits.softmax(1), labels, sigma, alpha, **options)
+    mi = label_mi(logits.softmax(1), labels, sigma, alpha, n_classes=logits.shape[-1], **options)
     return f * ce - (1.0 - f) * mi.to(ce.dtype), ce, mi
 
 
@@ -203,7 +211,7 @@ _range = satisfies(
 
 @attrs.frozen(kw_only=True)
 class MICEConfig:
-    """Options of the ``mi_ce`` plugin (defaults: METHODS.md §5 and its table).
+    """Options of the ``mi_ce`` plugin (defaults: docs/methods.md §5 and its table).
 
     Attributes:
         alpha: order α of the Rényi entropies.
@@ -281,6 +289,11 @@ class MICE(Plugin):
         if module is None:
             leaves = (n for n, m in session.module.named_modules() if n and not any(m.children()))
             module = next(leaves, None)
+            log.info(
+                "mi_ce: no input_module given; X of I(Y;X) is the input of the first leaf "
+                "module, %s",
+                module or "none (no I(Y;X), no saturation metric)",
+            )
         self.input_tap = Tap(module, point="pre") if module else None
         return [self.input_tap] if self.input_tap else []
 
@@ -306,10 +319,12 @@ class MICE(Plugin):
         """Eq. 7 on the batch; adds the batch's alignment curve to the epoch's sum."""
         c = self.config
         if c.sigma is None and outputs.ndim == 2:
-            curve = alignment_curve(outputs.detach().softmax(1), targets, self.grid(), c.convention)
+            probs, n = outputs.detach().softmax(1), outputs.shape[-1]
+            curve = alignment_curve(probs, targets, self.grid(), c.convention, n_classes=n)
             self._curve = curve if self._curve is None else self._curve + curve
             self._batches += 1
-        loss, ce, mi = _terms(outputs, targets, self._f(session.epoch), self.width(), **_kw(c))
+        f = self._f(session.epoch)  # the width only when used: epoch 0's is a host sync
+        loss, ce, mi = _terms(outputs, targets, f, self.width() if f < 1 else None, **_kw(c))
         self._step = {"mi_ce.ce": ce.detach()} | ({} if mi is None else {"mi_ce.mi": mi.detach()})
         return loss
 

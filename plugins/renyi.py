@@ -1,12 +1,13 @@
 """The ``renyi`` plugin: matrix-based Rényi α-entropy as an estimator and as epoch metrics.
 
-The math (METHODS.md §1: Gram matrices, trace-one normalization, ``H_α``, joint entropy,
+The math (docs/methods.md §1: Gram matrices, trace-one normalization, ``H_α``, joint entropy,
 ``I_α``, kernel widths, the Lanczos fast path) lives in :mod:`infoshape.math.matrix_entropy`
 and is re-exported here, so ``from infoshape.plugins.renyi import entropy, gram`` works.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -61,10 +62,12 @@ __all__ = [
     "silverman_sigma",
 ]
 
+log = logging.getLogger(__name__)
+
 
 @attrs.frozen(kw_only=True)
 class RenyiConfig:
-    """Options of the ``renyi`` plugin (defaults: METHODS.md's table).
+    """Options of the ``renyi`` plugin (defaults: docs/methods.md's option tables).
 
     Attributes:
         alpha: order α.
@@ -117,6 +120,11 @@ class Renyi(Plugin):
         """The outputs of ``layers`` and the input of ``input_module``."""
         module = self.config.input_module
         self.taps = [Tap(glob) for glob in self.config.layers]
+        if not self.taps:
+            log.info(
+                "renyi: no layers given; no epoch metrics (the estimator stays available "
+                "offline: infoshape analyze); set layers=[...] to measure modules in training"
+            )
         self.input_tap = Tap(module, point="pre") if module else None
         return self.taps + ([self.input_tap] if self.input_tap else [])
 

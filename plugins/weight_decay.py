@@ -1,4 +1,4 @@
-"""The weight-decay baselines of the Choi–Rhee family: ``l1w`` and ``l2w`` (METHODS.md §6).
+"""The weight-decay baselines of the Choi–Rhee family: ``l1w`` and ``l2w`` (docs/methods.md §6).
 
 L1W adds ``coefficient · Σ_w |w|`` and L2W ``coefficient · Σ_w w²`` (the squared L2 norm,
 without a ½) to the loss, the sums running over the model's weights: by default every
@@ -12,16 +12,17 @@ Defaults: ``l1w`` 10⁻⁴, ``l2w`` 10⁻³. The paper (Choi & Rhee, App. D) pic
 from ``{10⁻³, …, 100}`` by validation and reports none; its Table 6 shows the weight
 penalties leaving accuracy and the representation's characteristics near the baseline's.
 The gradient ``λ·sign(w)`` or ``2λw`` of a weight does not depend on the network's size, so
-there is no width to convert; on the zoo ``mlp`` (digits, 5 epochs, Adam 10⁻³) METHODS.md's
-0.01 drives L1W to chance accuracy (every weight near zero) and costs L2W 13 % accuracy,
-and L1W at 10⁻³ costs 10 %. The defaults are the largest powers of ten that keep the
-accuracy there while shrinking ``Σ|w|`` and ``Σw²`` by about a quarter
+there is no width to convert; on the zoo ``mlp`` (digits, 5 epochs, Adam 10⁻³) the first
+spec's 0.01 (docs/methods.md §6) drives L1W to chance accuracy (every weight near zero) and
+costs L2W 13 % accuracy, and L1W at 10⁻³ costs 10 %. The defaults are the largest powers of
+ten that keep the accuracy there while shrinking ``Σ|w|`` and ``Σw²`` by about a quarter
 (``tests/plugins/test_defaults.py``).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 from typing import Any, ClassVar
 
 import attrs
@@ -44,6 +45,8 @@ __all__ = [
     "l2_weights",
     "select_weights",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def select_weights(
@@ -151,6 +154,14 @@ class _WeightDecay(Plugin):
         """The weight penalty of the session's model."""
         if self.params is None:
             self.params = select_weights(session.model, self.config.modules, self.config.biases)
+            log.info(
+                "%s: penalizing %d parameter tensors (%d weights) of %s%s",
+                self.name,
+                len(self.params),
+                sum(p.numel() for p in self.params),
+                ", ".join(self.config.modules) or "every module",
+                "" if self.config.biases else " (matrices and kernels; no biases)",
+            )
         value = type(self).function(self.params)
         return [Penalty(self.name, value, self.config.coefficient)]
 

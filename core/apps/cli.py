@@ -5,7 +5,8 @@ This module dispatches: each command's flags sit beside its application
 :mod:`infoshape.apps.sweep_command`, the flags they share: :mod:`infoshape.apps.flags`);
 ``analyze``, ``report`` and the listings are small enough to live here. Every error
 infoshape raises (:class:`~infoshape.InfoshapeError`) is printed without a traceback and
-exits with status 2; so does a usage error.
+exits with status 2; so does a usage error. ``--quiet`` and ``--verbose`` (train, sweep,
+analyze, report) set what the ``infoshape`` loggers print (:mod:`infoshape.apps.logs`).
 ``python -m infoshape.cli`` runs the same program as the ``infoshape`` script.
 """
 
@@ -23,6 +24,7 @@ from infoshape.apps.flags import (
     parse_toml_value,
     read_config_file,
 )
+from infoshape.apps.logs import QUIET, add_verbosity_flags, configure_logging
 from infoshape.apps.sweep_command import add_parser as _add_sweep
 from infoshape.apps.train_command import add_parser as _add_train
 from infoshape.apps.train_command import train_settings
@@ -109,6 +111,7 @@ def _add_analyze(commands: Any) -> None:
         "option, VALUE in TOML syntax: noise_var=0.01 (repeatable)")  # fmt: skip
     add("--no-progress", action="store_false", dest="progress", help="no progress bar")
     add_storage_option(p)
+    add_verbosity_flags(p)
     p.set_defaults(run=_run_analyze)
 
 
@@ -173,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", metavar="STORE", help="the run store (a .zarr folder)")
     p.add_argument("--out", metavar="DIR", help="output folder (default STORE stem + .report)")
     add_storage_option(p)
+    add_verbosity_flags(p)
     p.set_defaults(run=_run_report)
     p = commands.add_parser(
         "plugins",
@@ -204,7 +208,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
     own = {key: getattr(args, key) for key in ("taps", "max_samples", "seed", "name")}
     options = dict(parse_assignment(text, dotted=False)[1:] for text in args.option)
-    epochs, bar = parse_epochs(args.epochs), args.progress and sys.stderr.isatty()
+    quiet = args.verbosity <= QUIET
+    epochs, bar = parse_epochs(args.epochs), args.progress and not quiet and sys.stderr.isatty()
     storage = parse_storage_options(args.storage_options)
     result = analyze(
         args.store,
@@ -216,7 +221,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
         **options,
     )
     print(f"wrote {args.store}/analysis/{args.name or args.estimator}")
-    print(format_results(result))
+    if not quiet:
+        print(format_results(result))
     return 0
 
 
@@ -229,6 +235,9 @@ def _run_report(args: argparse.Namespace) -> int:
     paths = report(
         args.store, out_dir=args.out, storage_options=parse_storage_options(args.storage_options)
     )
+    if args.verbosity <= QUIET:  # the one result line
+        print(f"wrote {len(paths)} files: {', '.join(map(str, paths))}")
+        return 0
     print("\n".join(map(str, paths)) or "nothing to draw: the store holds no metrics")
     sweep = Path(args.store, "sweep.json").is_file()
     if not sweep and not any(p.name.startswith("information_plane") for p in paths):
@@ -353,7 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # for train --nproc
     try:
-        with cli_syntax():  # fixes in messages name flags, not Python arguments
+        # fixes in messages name flags, not Python arguments; the loggers print per --quiet,
+        # --verbose (infoshape.apps.logs)
+        with cli_syntax(), configure_logging(getattr(args, "verbosity", 0)):
             return int(args.run(args))
     except InfoshapeError as err:
         print(f"infoshape: error: {err}", file=sys.stderr)

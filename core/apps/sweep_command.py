@@ -7,7 +7,7 @@ flags of the base run are those of ``infoshape train``
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 from infoshape.apps.flags import (
@@ -17,6 +17,7 @@ from infoshape.apps.flags import (
     parse_assignment,
     settings_from_flags,
 )
+from infoshape.apps.logs import PROGRESS, QUIET, add_verbosity_flags
 from infoshape.errors import ConfigError
 
 __all__ = ["EPILOG", "add_parser", "run_command", "sweep_settings"]
@@ -121,7 +122,14 @@ def add_parser(commands: Any, formatter: Any) -> None:
     add("--summary-only", action="store_true", help="train nothing; rebuild the summary")
     add_storage_option(p, "an --out")
     add("--no-progress", action="store_false", dest="progress", help="no progress bar")
+    add_verbosity_flags(p)
     p.set_defaults(run=run_command)
+
+
+def _log_line(message: str) -> None:
+    """A sweep's per-cell line on the ``infoshape.progress`` logger (a failure: ERROR)."""
+    level = logging.ERROR if ": FAILED " in message else logging.INFO
+    logging.getLogger(PROGRESS).log(level, message)
 
 
 def run_command(args: Any) -> int:
@@ -135,12 +143,19 @@ def run_command(args: Any) -> int:
         summary = summarize(config.out, storage)
         print(summary.to_markdown(), end="")
         return 0
+    quiet = getattr(args, "verbosity", 0) <= QUIET
     result = run_sweep(
         config,
-        progress=args.progress,
-        log=lambda m: print(m, file=sys.stderr),
+        progress=args.progress and not quiet,
+        log=_log_line,
         storage_options=storage,
     )
+    if quiet:  # the one result line
+        print(
+            f"sweep {result.out}: {len(result.ran)} cells trained, {len(result.skipped)} "
+            f"already complete, {len(result.failed)} failed"
+        )
+        return 1 if result.failed else 0
     print(
         f"sweep {result.out}: {len(result.ran)} cells trained, {len(result.skipped)} already "
         f"complete, {len(result.failed)} failed"

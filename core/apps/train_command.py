@@ -16,6 +16,7 @@ from infoshape.apps.flags import (
     add_storage_option,
     settings_from_flags,
 )
+from infoshape.apps.logs import QUIET, add_verbosity_flags
 
 __all__ = ["EPILOG", "add_parser", "run", "train_settings"]
 
@@ -93,9 +94,11 @@ def add_parser(commands: Any, formatter: Any) -> None:
         "default: the model's default taps)",
     )
     add("--no-progress", action="store_const", const=False, dest="progress",
-        help="no progress bar (there is none when stderr is not a terminal)")  # fmt: skip
+        help="no progress bar (there is none when stderr is not a terminal: then one line "
+        "per epoch)")  # fmt: skip
     add("--nproc", type=int, metavar="N", help="train with DDP on N processes of this "
         "machine (runs torchrun; --batch-size is the global batch)")  # fmt: skip
+    add_verbosity_flags(p)
     p.set_defaults(run=run)
 
 
@@ -122,12 +125,23 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return launch(args.nproc, getattr(args, "argv", ["train"]))
     storage = parse_storage_options(args.storage_options)
+    settings = train_settings(args)
+    quiet = getattr(args, "verbosity", 0) <= QUIET
+    if quiet:
+        settings["progress"] = False
     if args.resume:
-        config, resume = resume_config(args.resume, train_settings(args), storage)
+        config, resume = resume_config(args.resume, settings, storage)
     else:
-        config, resume = TrainConfig.from_mapping(train_settings(args)), False
+        config, resume = TrainConfig.from_mapping(settings), False
     result = train(config, resume=resume, storage_options=storage)
     if launched_by_torchrun() and os.environ["RANK"] != "0":  # one report, from rank 0
+        return 0
+    if quiet:  # the one result line
+        store = f", store {result.store}" if result.store is not None else ""
+        print(
+            f"trained {config.model} on {config.dataset} for {config.epochs} epochs in "
+            f"{result.elapsed_s:.1f} s: test accuracy {result.test_accuracy:.4f}{store}"
+        )
         return 0
     print(
         f"trained {config.model} on {config.dataset} for {config.epochs} epochs "

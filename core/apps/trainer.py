@@ -12,12 +12,15 @@ Each epoch: the training steps (``s.loss`` → backward → step → ``s.step_en
 then test accuracy/loss and train accuracy/loss (``test.*``, ``train.*``,
 logged before ``s.epoch_end``), then ``s.epoch_end`` with the probe set (at
 most ``probe_size`` test samples, drawn by a seeded permutation) whose taps
-are stored as ``(epoch, sample, ...)``. The settings live in
+are stored as ``(epoch, sample, ...)``. After each epoch one line (epoch, train loss, test
+accuracy, elapsed time) goes to the ``infoshape.progress`` logger: at INFO when no progress
+bar shows it (stderr no terminal), else at DEBUG. The settings live in
 :mod:`infoshape.apps.train_config`, resuming in :mod:`infoshape.apps.resume`.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import sys
 import time
@@ -33,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from infoshape import distributed
 from infoshape.apps import parallel
+from infoshape.apps.logs import PROGRESS
 from infoshape.apps.models import build_model
 from infoshape.apps.resume import (
     RESUMABLE_SETTINGS,
@@ -61,6 +65,8 @@ __all__ = [
     "seed_everything",
     "train",
 ]
+
+progress_log = logging.getLogger(PROGRESS)
 
 
 # ------------------------------------------------------------------ pieces
@@ -277,6 +283,27 @@ def _evaluate_splits(
     }
 
 
+def _log_epoch(
+    config: TrainConfig, epoch: int, metrics: Mapping[str, Any], start: float, bar_shown: bool
+) -> None:
+    """Log one line per epoch on the ``infoshape.progress`` logger.
+
+    INFO without a progress bar (stderr no terminal, or ``progress=False``), DEBUG when the
+    bar already shows it. Under DDP only rank 0 logs.
+    """
+    if distributed.rank() != 0:
+        return
+    progress_log.log(
+        logging.DEBUG if bar_shown else logging.INFO,
+        "epoch %d/%d  train loss %.4f  test accuracy %.4f  %.1f s",
+        epoch + 1,
+        config.epochs,
+        metrics["train.loss"],
+        metrics["test.accuracy"],
+        time.perf_counter() - start,
+    )
+
+
 # ------------------------------------------------------------------ loop
 def train(
     config: TrainConfig, resume: bool = False, storage_options: Mapping[str, Any] | None = None
@@ -379,6 +406,7 @@ def _train(
                     bar.set_postfix(
                         {**latest.postfix(), "test.accuracy": f"{metrics['test.accuracy']:.3f}"}
                     )
+                _log_epoch(config, epoch, metrics, start, bar_shown=not bar.disable)
                 s.log_metrics(metrics, stage="epoch")
                 metrics.update(s.epoch_end(probe=probe))
                 history.append(metrics)

@@ -7,7 +7,7 @@ submodule's ``__all__``) or from the submodules:
 - :mod:`infoshape.math.linalg`: flattening to samples, pairwise squared distances, one-hot,
   label pairing, class-conditional splits, the finite-input check.
 - :mod:`infoshape.math.matrix_entropy`: Gram matrices and the matrix-based Rényi α-entropy
-  and mutual information (METHODS.md §1), kernel widths.
+  and mutual information (docs/methods.md §1), kernel widths.
 
 The math depends on :mod:`infoshape.errors` only, never on the session or an application.
 """

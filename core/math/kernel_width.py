@@ -1,6 +1,6 @@
 """Kernel width σ of the matrix-based Rényi entropy: kernel-target alignment and averages.
 
-Kernel-target alignment (Cristianini et al. 2001; METHODS.md §1, MI-CE §3.2) chooses σ on a
+Kernel-target alignment (Cristianini et al. 2001; docs/methods.md §1, MI-CE §3.2) chooses σ on a
 grid of candidates from the pairwise distances; :class:`SigmaAverage` keeps a moving average
 of the chosen σ across steps.
 """
@@ -26,7 +26,7 @@ DECAY = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
 
 @attrs.define(kw_only=True)
 class SigmaAverage:
-    """Moving average of a kernel width across steps or epochs (METHODS.md §1).
+    """Moving average of a kernel width across steps or epochs (docs/methods.md §1).
 
     Attributes:
         decay: weight of the past average; the first :meth:`update` takes the width as is.
@@ -48,17 +48,18 @@ def alignment_curve(
     labels: torch.Tensor,
     sigmas: Sequence[float],
     convention: Convention = "2sigma2",
+    n_classes: int | None = None,
 ) -> torch.Tensor:
     """Kernel-target alignment ``⟨K_σ, K_y⟩_F / (‖K_σ‖_F ‖K_y‖_F)`` for each width.
 
-    Cristianini et al. 2001 (METHODS.md §1; MI-CE §3.2); ``K_y`` is :func:`label_gram`.
+    Cristianini et al. 2001 (docs/methods.md §1; MI-CE §3.2); ``K_y`` is :func:`label_gram`.
     Over the pairs ``i < j``, with ``g = exp(−d²/(2σ²))``: ``⟨K, K_y⟩ = tr K_y + 2·Σ g·(K_y)_ij``
     and ``‖K‖_F² = N + 2·Σ g²`` (for class labels, ``(K_y)_ij = 1(y_i = y_j)``). Distances
     in float64, the ``len(sigmas)·N(N−1)/2`` exponentials in float32 (an argmax needs no
-    more). Returns float64.
+    more). ``n_classes`` as for :func:`label_gram` (given: no host sync). Returns float64.
     """
     z = as_samples(torch.as_tensor(x), torch.float64)
-    Ky = label_gram(labels).to(z.device)
+    Ky = label_gram(labels, n_classes).to(z.device)
     n = z.shape[0]
     i, j = torch.triu_indices(n, n, 1, device=z.device)
     d = pairwise_sq_distances(z)[i, j].float()
@@ -79,7 +80,7 @@ def select_sigma(
     convention: Convention = "2sigma2",
     average: SigmaAverage | None = None,
 ) -> float:
-    """The width maximizing the alignment ``⟨K_σ, K_y⟩_F / (‖K_σ‖_F ‖K_y‖_F)`` (METHODS.md §1).
+    """The width maximizing the alignment ``⟨K_σ, K_y⟩_F / (‖K_σ‖_F ‖K_y‖_F)`` (docs/methods.md §1).
 
     Grid: ``n_candidates`` widths log-spaced between the ``quantiles`` of the non-zero pairwise
     distances ``‖x_i − x_j‖`` (σ of ``exp(−d²/(2σ²))``); ``K_y`` is :func:`label_gram`.

@@ -1,4 +1,4 @@
-"""Matrix-based Rényi α-entropy and mutual information (METHODS.md §1), the math of ``renyi``.
+"""Matrix-based Rényi α-entropy and mutual information (docs/methods.md §1), the math of ``renyi``.
 
 Kept in the core because several plugins build on it (the ``renyi`` estimator, MI-CE
 mixing's objective); ``infoshape.plugins.renyi`` re-exports the functional API.
@@ -110,7 +110,7 @@ def _length(sigma: Any, convention: str) -> Any:
             "unknown kernel convention",
             "'2sigma2', 'sigma2' or 'sigma'",
             convention,
-            "use one of the three forms of METHODS.md §1",
+            "use one of the three forms of docs/methods.md §1",
         )
     return LENGTH[convention](sigma)
 
@@ -125,7 +125,7 @@ def convert_sigma(sigma: float, source: Convention, target: Convention) -> float
 
 
 def gram(x: Any, sigma: float, convention: Convention = "2sigma2") -> torch.Tensor:
-    """Gaussian Gram matrix ``K_ij = exp(−‖x_i − x_j‖²/(2σ²))`` (METHODS.md §1), float64.
+    """Gaussian Gram matrix ``K_ij = exp(−‖x_i − x_j‖²/(2σ²))`` (docs/methods.md §1), float64.
 
     Args:
         x: samples ``(N, ...)``, flattened per sample.
@@ -144,15 +144,19 @@ def gram(x: Any, sigma: float, convention: Convention = "2sigma2") -> torch.Tens
     return torch.neg(pairwise_sq_distances(z)).exp_()  # in place: one N² temporary less
 
 
-def label_gram(labels: Any) -> torch.Tensor:
-    """Label Gram ``K_y = Y Yᵀ`` of one-hot rows ``Y`` of integer labels (float rows as given)."""
+def label_gram(labels: Any, n_classes: int | None = None) -> torch.Tensor:
+    """Label Gram ``K_y = Y Yᵀ`` of one-hot rows ``Y`` of integer labels (float rows as given).
+
+    ``n_classes``: the one-hot width; ``None`` reads ``max(labels) + 1`` (a host sync on an
+    accelerator: a training step passes it). ``K_y`` does not depend on it.
+    """
     y = as_tensor(labels)
-    y = y.to(torch.float64) if y.is_floating_point() and y.ndim == 2 else one_hot(y)
+    y = y.to(torch.float64) if y.is_floating_point() and y.ndim == 2 else one_hot(y, n_classes)
     return y @ y.T
 
 
 def normalize(K: Any) -> torch.Tensor:
-    """``A_ij = K_ij / (N·sqrt(K_ii K_jj))``, so that ``tr A = 1`` (METHODS.md §1), float64."""
+    """``A_ij = K_ij / (N·sqrt(K_ii K_jj))``, so that ``tr A = 1`` (docs/methods.md §1), float64."""
     K = as_tensor(K).to(torch.float64)
     d = torch.diagonal(K).sqrt()
     if bool((d == 1).all()):  # a Gaussian Gram matrix: skip the N² outer product
@@ -300,7 +304,7 @@ def entropy(
     *,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Matrix-based Rényi α-entropy ``H_α(A) = 1/(1−α) · log Σ λ_i(A)^α`` (METHODS.md §1).
+    """Matrix-based Rényi α-entropy ``H_α(A) = 1/(1−α) · log Σ λ_i(A)^α`` (docs/methods.md §1).
 
     Args:
         A: a trace-one positive semi-definite ``(N, N)`` matrix (:func:`normalize`).
@@ -337,7 +341,7 @@ def entropy(
 
 
 def joint_entropy(A: Any, B: Any, alpha: float = 1.01, **options: Any) -> torch.Tensor:
-    """``H_α(A, B) = H_α(A∘B / tr(A∘B))`` (METHODS.md §1); ``options`` as for :func:`entropy`."""
+    """``H_α(A, B) = H_α(A∘B / tr(A∘B))`` (docs/methods.md §1); ``options``: :func:`entropy`."""
     C = as_tensor(A).to(torch.float64) * as_tensor(B).to(torch.float64)
     return entropy(C / torch.trace(C), alpha, **options)
 
@@ -345,7 +349,7 @@ def joint_entropy(A: Any, B: Any, alpha: float = 1.01, **options: Any) -> torch.
 def silverman_sigma(
     x: Any, gamma: float | None = None, convention: Convention = "2sigma2"
 ) -> float:
-    """Silverman's rule ``σ = γ·N^(−1/(4+d))`` (METHODS.md §1), ``d`` features per sample.
+    """Silverman's rule ``σ = γ·N^(−1/(4+d))`` (docs/methods.md §1), ``d`` features per sample.
 
     ``gamma=None``: ``γ = (4/(d+2))^(1/(d+4)) · sqrt(Σ_j Var x_j)``, Silverman's multivariate
     constant times the *total* standard deviation (d = 1: ``1.06·s·N^(−1/5)`` exactly). The
@@ -395,7 +399,7 @@ def mutual_information(
     convention: Convention = "2sigma2",
     **options: Any,
 ) -> torch.Tensor:
-    """``I_α(X; Y) = H_α(A) + H_α(B) − H_α(A, B)`` (METHODS.md §1), a float64 scalar.
+    """``I_α(X; Y) = H_α(A) + H_α(B) − H_α(A, B)`` (docs/methods.md §1), a float64 scalar.
 
     Args:
         x: samples ``(N, ...)``, or integer labels ``(N,)`` (one-hot Gram, :func:`label_gram`).

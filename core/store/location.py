@@ -14,9 +14,10 @@ Storage options are never written to the store (they may hold credentials).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,72 @@ def zarr_store(
     return FsspecStore.from_url(
         path, storage_options=dict(storage_options or {}), read_only=read_only
     )
+
+
+#: exception class names (anywhere in an error's cause chain) meaning the endpoint refused or
+#: never answered: s3fs turns a 403 into ``PermissionError``; botocore and aiohttp raise these
+_REFUSED = {
+    "NoCredentialsError": "no credentials were found",
+    "PartialCredentialsError": "the credentials are incomplete",
+    "EndpointConnectionError": "the endpoint could not be reached",
+    "ConnectTimeoutError": "the endpoint did not answer",
+    "ClientConnectorError": "the endpoint could not be reached",
+}
+_REFUSED_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken")
+
+
+def _refusal(err: BaseException) -> str | None:
+    """Why the storage endpoint refused the request, or ``None`` for any other error."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for cls in type(current).__mro__:
+            if cls.__name__ in _REFUSED:
+                return _REFUSED[cls.__name__]
+        code = getattr(current, "response", {}) or {}
+        code = code.get("Error", {}).get("Code") if isinstance(code, dict) else None
+        if code in _REFUSED_CODES or isinstance(current, PermissionError):
+            return f"the credentials were refused ({code or current})"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(path: str | Path, storage_options: Mapping[str, Any] | None) -> Iterator[None]:
+    """Turn a refused or unreachable URL (credentials, endpoint) into a ``StoreError``.
+
+    Local paths and other errors pass unchanged. The message names the URL, what was
+    refused, the endpoint and the options that fix it (never their secret values).
+    """
+    from infoshape.errors import StoreError
+    from infoshape.syntax import by_syntax
+
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as err:
+        why = _refusal(err) if is_url(path) else None
+        if why is None:
+            raise
+        options = dict(storage_options or {})
+        endpoint = (options.get("client_kwargs") or {}).get("endpoint_url") or "the default"
+        given = ", ".join(sorted(options)) or "none"
+        raise StoreError(
+            f"cannot use the store {path}: {why}",
+            expected="credentials and an endpoint the storage accepts",
+            got=f"{type(err).__name__}: {err} (endpoint {endpoint}; storage options given: "
+            f"{given})",
+            fix=by_syntax(
+                "pass storage_options={'key': ..., 'secret': ..., 'client_kwargs': "
+                "{'endpoint_url': 'http://host:port'}} (or set AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY)",
+                "pass --storage-option key=... --storage-option secret=... "
+                "--storage-option client_kwargs.endpoint_url=http://host:port (or set "
+                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+            ),
+        ) from err
 
 
 def parse_storage_options(texts: Sequence[str]) -> dict[str, Any]:

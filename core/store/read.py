@@ -88,7 +88,9 @@ def open_store(path: str | Path, storage_options: Mapping[str, Any] | None = Non
     """
     path = location.normalize(path)
     try:
-        root = zarr.open_group(location.zarr_store(path, storage_options, read_only=True), mode="r")
+        with location.storage_errors(path, storage_options):  # refused credentials, endpoint
+            store = location.zarr_store(path, storage_options, read_only=True)
+            root = zarr.open_group(store, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
         there = location.exists(path, storage_options)
         raise StoreError(

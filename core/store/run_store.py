@@ -127,24 +127,10 @@ class RunStore:
         self.flush_steps = flush_steps
         self.store_probe_inputs = store_probe_inputs
         self.run_id = str(manifest.get("run_id") or uuid.uuid4().hex)
-        if resume is not None:
-            self.root = self._reopen_root(resume)
-        else:
-            prepare_store_path(self.path, overwrite, self.storage_options)
-            if isinstance(self.path, Path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self.root = zarr.open_group(self._zarr_store(), mode="w-", zarr_format=3)
-                self.root.attrs.update(
-                    {**dict(manifest), "run_id": self.run_id, "status": "running"}
-                )
-                for name, description in GROUPS.items():
-                    self.root.create_group(name, attributes={"description": description})
-            except OSError as err:
-                raise StoreError(
-                    f"cannot create a store at {self.path}: {err}",
-                    fix="check the folder exists and is writable, and the disk has space",
-                ) from err
+        with location.storage_errors(self.path, self.storage_options):  # refused credentials
+            self.root = (
+                self._create(manifest, overwrite) if resume is None else self._reopen_root(resume)
+            )
         self._probe: Appender | None = None
         self._probe_labels: np.ndarray | None = None
         self._step_metrics = Appender(self._group("metrics"), "step")
@@ -161,6 +147,25 @@ class RunStore:
         """Queue one training batch's captures at a step (:meth:`StreamWriter.write`)."""
         if resume is not None:
             self._reopen_appenders(int(resume["epoch"]), int(resume["step"]))
+
+    def _create(self, manifest: Mapping[str, Any], overwrite: bool) -> zarr.Group:
+        """Create the store's root group with the manifest and the empty groups."""
+        prepare_store_path(self.path, overwrite, self.storage_options)
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            root = zarr.open_group(self._zarr_store(), mode="w-", zarr_format=3)
+            root.attrs.update({**dict(manifest), "run_id": self.run_id, "status": "running"})
+            for name, description in GROUPS.items():
+                root.create_group(name, attributes={"description": description})
+        except OSError as err:
+            if location.is_url(self.path) and isinstance(err, PermissionError):
+                raise  # storage_errors names the refused credentials
+            raise StoreError(
+                f"cannot create a store at {self.path}: {err}",
+                fix="check the folder exists and is writable, and the disk has space",
+            ) from err
+        return root
 
     def _zarr_store(self) -> Any:
         """The path for ``zarr.open_group`` (local) or the URL's ``FsspecStore``."""

@@ -14,12 +14,15 @@ and the plugin conformance kit (:mod:`infoshape.testing.plugin_tester`, its chec
         PluginTester(MyPlugin, options={"beta": 0.1}).check_all()
 """
 
+from infoshape.testing.check_report import CheckReport, CheckResult
 from infoshape.testing.host_syncs import HOST_SYNC_METHODS, count_host_syncs
 from infoshape.testing.plugin_tester import PluginTester, small_mlp
 from infoshape.testing.strategies import activations, activations_and_labels, labels
 
 __all__ = [
     "HOST_SYNC_METHODS",
+    "CheckReport",
+    "CheckResult",
     "PluginTester",
     "activations",
     "activations_and_labels",

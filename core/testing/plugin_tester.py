@@ -5,7 +5,8 @@ on a small model and checks what every plugin promises: it loads, its ``Config``
 serializes, its hooks return the declared types, it keeps no module-level state,
 its hooks are removed at close (also after an error), and gradients still reach the
 model. Each check raises ``AssertionError`` naming the problem;
-:meth:`PluginTester.check_all` reports every failure at once.
+:meth:`PluginTester.check_all` runs them all, prints one line per check and returns a
+:class:`~infoshape.testing.check_report.CheckReport`, raising once with every failure.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from infoshape.plugin_manager import (
     plugin_name,
 )
 from infoshape.session import Session
+from infoshape.testing.check_report import CheckReport, run_checks
 from infoshape.testing.conformance import (
     RecordingSink,
     compare_runs,
@@ -458,18 +460,33 @@ class PluginTester:
                     problems.append(f"non-finite gradients in {', '.join(bad)}")
         self._fail("breaks the gradient", problems)
 
-    def check_all(self) -> None:
-        """Run every check; raise one ``AssertionError`` listing every failure."""
-        failures = []
-        for check in self.checks:
-            try:
-                getattr(self, check)()
-            except AssertionError as err:
-                failures.append(f"{check}: {err}")
-            except Exception as err:
-                failures.append(f"{check}: raised {type(err).__name__}: {err}")
-        if failures:
+    def skip_reason(self, check: str) -> str | None:
+        """Why ``check`` has nothing to check for this plugin, or ``None`` when it applies."""
+        if check == "check_config" and not self.options:
+            plugin = next(iter(self._manager().infos.values())).plugin
+            if getattr(plugin, "Config", None) is None:
+                return "the plugin has no Config (it takes no options)"
+        return None
+
+    def check_all(self, *, raise_on_failure: bool = True, echo: bool = True) -> CheckReport:
+        """Run every check; print what was checked; raise one error listing every failure.
+
+        Args:
+            raise_on_failure: raise ``AssertionError`` (every failure listed) when a check
+                failed; ``False``: only return the report.
+            echo: print :meth:`CheckReport.summary` (one line per check, the counts).
+
+        Returns:
+            a :class:`~infoshape.testing.check_report.CheckReport`: each check's name,
+            status (passed, failed, or skipped with the reason) and duration.
+        """
+        report = run_checks(self.name, {c: getattr(self, c) for c in self.checks}, self.skip_reason)
+        if echo:
+            print(report.summary())
+        if raise_on_failure and not report.ok:
             raise AssertionError(
-                f"{len(failures)} of {len(self.checks)} conformance checks failed for plugin "
-                f"{self.name!r}:\n\n" + "\n\n".join(failures)
+                f"{len(report.failures)} of {len(self.checks)} conformance checks failed for "
+                f"plugin {self.name!r}:\n\n"
+                + "\n\n".join(f"{r.name}: {r.reason}" for r in report.failures)
             )
+        return report

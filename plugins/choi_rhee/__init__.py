@@ -1,4 +1,4 @@
-"""The Choi–Rhee family: representation regularizers and their functional API (METHODS.md §6).
+"""The Choi–Rhee family: representation regularizers and their functional API (docs/methods.md §6).
 
 Choi & Rhee, "On the statistical and information theoretical characteristics of DNN
 representations", Table 5 and eqs. 7–13. The math is plain torch, usable without a session::

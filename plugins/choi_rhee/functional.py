@@ -1,4 +1,4 @@
-"""The math of the Choi–Rhee representation regularizers (METHODS.md §6), as plain functions.
+"""The math of the Choi–Rhee representation regularizers (docs/methods.md §6), as plain functions.
 
 ``Z`` is a layer's post-activation over a batch, ``N`` samples × ``u`` units (trailing
 dimensions are flattened into units). The penalties of Table 5 of Choi & Rhee, "On the

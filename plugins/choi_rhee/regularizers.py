@@ -1,6 +1,6 @@
 """The seven Choi–Rhee representation regularizers as plugins, one entry point each.
 
-``cr``, ``cw_cr``, ``vr``, ``cw_vr``, ``l1r``, ``rr``, ``cw_rr`` (METHODS.md §6; the math is
+``cr``, ``cw_cr``, ``vr``, ``cw_vr``, ``l1r``, ``rr``, ``cw_rr`` (docs/methods.md §6; the math is
 :mod:`infoshape.plugins.choi_rhee.functional`). Each taps the post-activation of its
 ``layers`` (module names or globs; by default the last activation module of the model, e.g.
 the last ``nn.ReLU`` before the classifier: the paper regularizes the last hidden layer) and
@@ -18,12 +18,12 @@ classes ``C`` (for the normalization and the label check): the ``n_classes`` opt
 default the width of the model's output logits ``(N, C)``. Classes absent from a batch
 add nothing.
 
-Default coefficients. METHODS.md's ``coefficient 0.01`` is a loss weight of the paper's
-Table 5 penalties, which are plain sums (CR sums ``c_ij²`` over ``i ≠ j``, both orders), on
-its 5-layer MLP (``u = 100`` units in the regularized layer, ``C = 10`` classes). Ours
-default to ``normalize=True``: divided by ``u(u−1)/2`` (one order of pairs) for CR, by ``u``
-for VR, L1R and RR, and by ``C`` more for the class-wise ones. The same penalty at the
-paper's width is ``0.01 × (terms)``, so each plugin's default is that product:
+Default coefficients (docs/methods.md §6). The first spec's ``coefficient 0.01`` is a loss
+weight of the paper's Table 5 penalties, which are plain sums (CR sums ``c_ij²`` over
+``i ≠ j``, both orders), on its 5-layer MLP (``u = 100`` units in the regularized layer,
+``C = 10`` classes). Ours default to ``normalize=True``: divided by ``u(u−1)/2`` (one order of
+pairs) for CR, by ``u`` for VR, L1R and RR, and by ``C`` more for the class-wise ones. The same
+penalty at the paper's width is ``0.01 × (terms)``, so each plugin's default is that product:
 
 ======  ==============================  =========
 plugin  paper λ × terms (u=100, C=10)   default
@@ -60,6 +60,7 @@ rises from 0.43 to 0.87 (paper: 0.97), at the baseline's accuracy or better. Wit
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -96,6 +97,8 @@ __all__ = [
     "last_activation",
 ]
 
+log = logging.getLogger(__name__)
+
 #: Module classes counted as activations when choosing the default layer.
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
@@ -122,7 +125,7 @@ def last_activation(model: nn.Module) -> str:
 
 @attrs.frozen(kw_only=True)
 class RegularizerConfig:
-    """Options of every Choi–Rhee regularizer (defaults: METHODS.md's table).
+    """Options of every Choi–Rhee regularizer (defaults: docs/methods.md's option tables).
 
     Attributes:
         coefficient: the loss weight λ of the penalty (each plugin has its own default: the
@@ -180,6 +183,12 @@ class _Regularizer(Plugin, abc.ABC):
     def infoshape_taps(self, session: Any) -> list[Tap]:
         """The outputs of ``layers``, or of the model's last activation module."""
         globs = self.config.layers or (last_activation(session.model),)
+        if not self.config.layers:
+            log.info(
+                "%s: no layers given; regularizing the output of the last activation module, %s",
+                self.name,
+                globs[0],
+            )
         self.taps = [Tap(glob) for glob in globs]
         return self.taps
 

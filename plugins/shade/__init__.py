@@ -7,7 +7,7 @@ Modules, by responsibility:
 - :mod:`~infoshape.plugins.shade.averages`: Algorithm 1's moving averages
   (:class:`ShadeAverages`);
 - :mod:`~infoshape.plugins.shade.plugin`: the ``shade`` plugin (:class:`Shade`), whose
-  docstring holds the method's details (METHODS.md §2);
+  docstring holds the method's details (docs/methods.md §2);
 - :mod:`~infoshape.plugins.shade.binary`: the binary-activation experiment of §4.4
   (:class:`BinaryActivation`, the ``shade_binary`` plugin :class:`ShadeBinary`).
 """

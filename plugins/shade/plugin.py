@@ -3,7 +3,7 @@
 SHADE penalizes the class-conditional entropy ``H(Y | C)`` of every unit's
 pre-activation ``Y`` through a binary latent ``Z`` per unit (eq. 6) and the
 variance bound of ``H(Y | Z)`` (eqs. 7–8), estimated on the batch (eqs. 10–11)
-with two moving averages per unit (Algorithm 1). METHODS.md §2 fixes the
+with two moving averages per unit (Algorithm 1). docs/methods.md §2 fixes the
 details:
 
 - ``y`` is the **input** of each chosen activation module (default: every
@@ -29,14 +29,14 @@ details:
   (eq. 1 writes the loss as an expectation over samples, so our ``β`` is the paper's ``β``
   when its ``CE`` is a batch mean too). Loss ``CE + β Ω``.
 - Default ``β = 10⁻³``. The paper reports no chosen value, only its validation grids
-  ``{10⁻ⁱ, i = 1..7}`` (MNIST-M, App. B) and ``{1, 5}·10⁻ⁱ`` (CIFAR-10, App. A); METHODS.md's
-  ``β = 0.1`` is the grid's top. Ω sums over units, and starts near one per unit (Algorithm 1's
-  ``μ⁰ = −1``, ``μ¹ = 1`` against small pre-activations), so ``β Ω`` grows with the width:
-  on the zoo ``mlp`` (64 + 32 units, Ω ≈ 90 at step 0) ``β = 0.1`` pulls every
-  pre-activation to ``μ⁰ = −1``, all ReLUs die and accuracy falls to chance, and ``β = 10⁻²``
-  loses 16 % accuracy (digits, 5 epochs). ``10⁻³``, the largest value of the paper's grid
-  that keeps accuracy there, gives the paper's effect: the within-class variance of the
-  regularized pre-activations falls (−13 %) at equal accuracy
+  ``{10⁻ⁱ, i = 1..7}`` (MNIST-M, App. B) and ``{1, 5}·10⁻ⁱ`` (CIFAR-10, App. A); the first
+  spec's ``β = 0.1`` is the grid's top (docs/methods.md §2). Ω sums over units, and starts
+  near one per unit (Algorithm 1's ``μ⁰ = −1``, ``μ¹ = 1`` against small pre-activations),
+  so ``β Ω`` grows with the width: on the zoo ``mlp`` (64 + 32 units, Ω ≈ 90 at step 0)
+  ``β = 0.1`` pulls every pre-activation to ``μ⁰ = −1``, all ReLUs die and accuracy falls to
+  chance, and ``β = 10⁻²`` loses 16 % accuracy (digits, 5 epochs). ``10⁻³``, the largest value of
+  the paper's grid that keeps accuracy there, gives the paper's effect: the within-class variance
+  of the regularized pre-activations falls (−13 %) at equal accuracy
   (``tests/plugins/test_defaults.py``). For wider models (a ResNet: thousands of channels)
   scale ``β`` down in proportion to the number of units.
 
@@ -51,6 +51,7 @@ Functional API (no session needed): :func:`p_active`, :func:`shade_penalty`,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,10 +69,12 @@ from infoshape.plugins.shade.functional import P_Z, PZ, _omega, _unit_layout
 
 __all__ = ["Shade", "ShadeConfig"]
 
+log = logging.getLogger(__name__)
+
 
 @attrs.frozen(kw_only=True)
 class ShadeConfig:
-    """Options of the ``shade`` plugin (defaults: METHODS.md's table).
+    """Options of the ``shade`` plugin (defaults: docs/methods.md's option tables).
 
     Attributes:
         beta: weight β of Ω in ``CE + β Ω`` (Ω a batch mean; default 10⁻³, the module
@@ -129,6 +132,12 @@ class Shade(Plugin):
         layers = self.config.layers
         targets = layers or (nn.ReLU,)
         self.taps = [Tap(g, point="pre", call=self.config.call) for g in targets]
+        if not layers:
+            relus = [n for n, m in session.model.named_modules() if isinstance(m, nn.ReLU)]
+            log.info(
+                "shade: no layers given; regularizing the input of every nn.ReLU: %s",
+                ", ".join(relus) or "none (the session will refuse the tap)",
+            )
         return self.taps
 
     def _layers(self, session: Any) -> dict[str, str]:

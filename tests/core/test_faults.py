@@ -213,3 +213,71 @@ def test_nan_objective_raises_even_when_skipping(mlp, batch):
         logits = s.model(x)
         with pytest.raises(infoshape.NonFiniteError, match=r"at step 0 \(the objective"):
             s.loss(logits * float("inf"), y)
+
+
+class _BrokenSink:
+    """A metric sink whose ``write`` raises at the second epoch's row."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, int]] = []
+
+    def write(self, stage, index, metrics):
+        if stage == "epoch" and index == 1:
+            raise OSError("the tracking server went away")
+        self.rows.append((stage, index))
+
+    def close(self):
+        pass
+
+
+class _SinkPlugin:
+    name = "broken_sink"
+
+    def __init__(self) -> None:
+        self.sink = _BrokenSink()
+
+    @infoshape.hookimpl
+    def infoshape_sinks(self):
+        return [self.sink]
+
+
+def _run_epochs(s, x, y, epochs=3):
+    for _ in range(epochs):
+        s.loss(s.model(x), y).backward()
+        s.step_end()
+        s.log_metrics({"accuracy": 0.5}, stage="epoch")
+        s.epoch_end(probe=(x, y))
+
+
+def test_a_sink_raising_mid_run_names_plugin_and_hook_and_keeps_the_store(tmp_path, mlp, batch):
+    x, y = batch
+    plugin = _SinkPlugin()
+    with pytest.raises(infoshape.PluginHookError) as info:
+        with infoshape.Session(
+            mlp, [plugin], store=tmp_path / "a.zarr", taps=[Tap("fc1", store=True)], log_every=1
+        ) as s:
+            _run_epochs(s, x, y)
+    message = str(info.value)
+    assert "plugin 'broken_sink' in hook infoshape_sinks" in message
+    assert "_BrokenSink.write raised OSError: the tracking server went away" in message
+    assert "writing the epoch row 1" in message and "disable 'broken_sink'" in message
+    assert isinstance(info.value.__cause__, OSError)
+    assert s.closed and not any(m._forward_hooks for m in mlp.modules())
+    assert ("epoch", 0) in plugin.sink.rows
+    tree = infoshape.open_store(tmp_path / "a.zarr")
+    assert tree.attrs["status"] == "failed"
+    # the store keeps what it was given before the sink failed: epoch 1's row went to the
+    # store first, then to the sink; epoch 2 never ran
+    assert list(tree["probe"]["epoch"].values) == [0, 1]
+    metrics = tree["metrics"].to_dataset()
+    assert list(metrics["epoch"].values) == [0, 1]
+    np.testing.assert_array_equal(metrics["accuracy"].values, [0.5, 0.5])
+
+
+def test_a_user_sink_raising_is_named_too(mlp, batch):
+    x, y = batch
+    with pytest.raises(infoshape.PluginHookError) as info:
+        with infoshape.Session(mlp, sinks=[_BrokenSink()], log_every=1) as s:
+            _run_epochs(s, x, y)
+    assert "plugin '_BrokenSink' in hook Session(sinks=...)" in str(info.value)
+    assert "fix or remove the sink" in str(info.value)

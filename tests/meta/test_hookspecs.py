@@ -152,3 +152,19 @@ def test_every_hookspec_is_called_in_a_real_run(fake_distribution, make_mlp, bat
     assert [name for name, _ in calls if name.startswith("infoshape_")].index(
         "infoshape_session_end"
     ) > 0
+
+
+def test_help_shows_every_hook_specification():
+    """``help(infoshape.hookspecs)`` lists each hook the plugin manager knows, with its doc."""
+    import pydoc
+
+    from infoshape.plugin_manager import build_plugin_manager
+
+    page = pydoc.render_doc(hookspecs, renderer=pydoc.plaintext)
+    known = sorted(build_plugin_manager(enable=[]).hook.__dict__)
+    assert set(known) == set(HOOKS), (known, HOOKS)
+    missing = [name for name in known if f"{name}(" not in page]
+    assert not missing, f"help(infoshape.hookspecs) does not show {missing}"
+    for name in known:  # each with the first line of its docstring
+        first = inspect.getdoc(getattr(hookspecs, name)).splitlines()[0]
+        assert first in page, f"{name}'s docstring is not in help(infoshape.hookspecs)"

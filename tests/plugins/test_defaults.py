@@ -118,7 +118,7 @@ TARGETS: dict[str, tuple[str, Callable[[Trained], float], float]] = {
 }
 INFORMATION_DROPOUT_KL = -0.2  # total KL of the noise layers, against the same layers at β = 0
 ACCURACY_ONLY = {
-    "mi_ce": "replaces the objective by f(e)·CE − (1−f(e))·I(Y;Ŷ): no weight, and METHODS.md "
+    "mi_ce": "replaces the objective by f(e)·CE − (1−f(e))·I(Y;Ŷ): no weight, and docs/methods.md "
     "§5 names no representation characteristic it moves",
 }
 

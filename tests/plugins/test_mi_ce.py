@@ -316,3 +316,52 @@ def test_plugin_conformance(options):
 def test_entry_point():
     with infoshape.Session(nn.Linear(2, 2), plugins=["mi_ce"]) as session:
         assert isinstance(session.plugins["mi_ce"].plugin, MICE)
+
+
+# ------------------------------------------------------------------ host syncs (issue 17)
+def _step_syncs(s, x, y):
+    from infoshape.testing import count_host_syncs
+
+    with count_host_syncs() as calls:
+        loss = s.loss(s.model(x), y)
+        loss.backward()
+        s.step_end()
+    return calls
+
+
+def test_a_training_step_reads_no_label_count_or_width_back():
+    """No ``int(labels.max())`` (one-hot width) and no argmax read-back of the width.
+
+    Before: two ``__int__`` per step (the one-hot of the alignment's and the MI's label
+    Gram) and, in epoch 0, the running width's ``argmax``. The ``__bool__`` left are the
+    matrix-entropy checks (NaN/Inf in the Gram matrices, a unit diagonal), counted here so a
+    new sync fails the test.
+    """
+    from infoshape.testing import small_mlp
+
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 8), torch.arange(24) % 3
+    with infoshape.Session(small_mlp((8,), 3), plugins=["mi_ce"], log_every=1000) as s:
+        s.loss(s.model(x), y).backward()
+        s.step_end()
+        epoch0 = _step_syncs(s, x, y)  # f = 1: the running width is not needed
+        s.epoch_end()
+        epoch1 = _step_syncs(s, x, y)  # f < 1: the MI term with the chosen width
+    assert dict(epoch0) == {}, epoch0
+    assert set(epoch1) == {"__bool__"} and epoch1["__bool__"] <= 5, epoch1
+
+
+def test_label_mi_does_not_depend_on_n_classes():
+    from infoshape.math.matrix_entropy import entropy
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(20, 4, generator=g).softmax(1)
+    labels = torch.tensor([0, 1, 3] * 6 + [0, 1])  # class 2 absent
+    inferred = label_mi(z, labels, 0.5)
+    assert torch.equal(label_mi(z, labels, 0.5, n_classes=4), inferred)
+    assert torch.equal(label_mi(z, labels, 0.5, n_classes=7), inferred)
+    # H(A_y) as before: the entropy of the present classes' shares
+    share = torch.bincount(labels).double() / labels.numel()
+    h_y = entropy(torch.diag(share[share > 0]), 1.01)
+    h_y_all = entropy(torch.diag(share), 1.01)
+    assert torch.equal(h_y, h_y_all)

@@ -143,3 +143,62 @@ def test_overwrite_at_a_url_replaces_only_infoshape_stores():
     assert fs.cat_file("/guard/theirs.zarr/data.bin") == b"mine"
     with pytest.raises(StoreError, match="no checkpoint"):
         load_checkpoint("memory://guard/none.zarr.checkpoint.pt")
+
+
+# ------------------------------------------------------------------ refused credentials (issue 17)
+@pytest.fixture
+def s3_auth(s3_bucket, monkeypatch):
+    """The bucket, with moto checking every request's credentials (no IAM user: any key fails)."""
+    import moto.settings
+
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    return s3_bucket
+
+
+def test_refused_credentials_name_the_url_and_the_fix(s3_auth, mlp):
+    prefix, options = s3_auth
+    url = f"{prefix}/refused.zarr"
+    wrong = {**options, "key": "wrong-key", "secret": "wrong-secret"}
+    with pytest.raises(StoreError) as info:
+        infoshape.Session(mlp, store=url, storage_options=wrong)
+    message = str(info.value)
+    assert f"cannot use the store {url}: the credentials were refused" in message
+    assert options["client_kwargs"]["endpoint_url"] in message  # the endpoint it asked
+    assert "storage_options={'key': ..., 'secret': ..., 'client_kwargs'" in message
+    assert "wrong-secret" not in message  # secrets are never printed
+    assert isinstance(info.value.__cause__, PermissionError)
+    with pytest.raises(StoreError, match="credentials were refused"):
+        infoshape.open_store(url, storage_options=wrong)
+
+
+def test_refused_credentials_on_the_command_line(s3_auth, capsys):
+    from infoshape.apps.cli import main
+
+    prefix, options = s3_auth
+    endpoint = options["client_kwargs"]["endpoint_url"]
+    argv = ["train", "--epochs", "1", "--store", f"{prefix}/cli.zarr", "--no-probe", "-q"]
+    flags = ["--storage-option", "key=nobody", "--storage-option", "secret=nothing"]
+    flags += ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"]
+    assert main(argv + flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"infoshape: error: cannot use the store {prefix}/cli.zarr")
+    assert "--storage-option key=... --storage-option secret=..." in err
+    assert "Traceback" not in err
+
+
+def test_an_unreachable_endpoint_is_named(mlp):
+    import socket
+
+    pytest.importorskip("s3fs")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = {
+        "key": "k",
+        "secret": "s",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+    }
+    with pytest.raises(StoreError, match="the endpoint could not be reached") as info:
+        infoshape.Session(mlp, store="s3://nowhere/a.zarr", storage_options=options)
+    assert f"endpoint http://127.0.0.1:{port}" in str(info.value)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import infoshape
 from infoshape import ConfigError, Penalty, Tap, hookimpl
 from infoshape.testing import (
+    CheckReport,
     PluginTester,
     activations,
     activations_and_labels,
@@ -479,3 +480,45 @@ def test_registry_hooks_are_checked_too():
     assert "infoshape_datasets returned dict" in message
     assert "expected a list of DatasetSpec" in message
     assert "infoshape_estimators" not in message  # a list of Estimator is right
+
+
+# ----------------------------------------------------------------- check_all's report
+def test_check_all_returns_and_prints_a_report(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    report = PluginTester(GoodPlugin, options={"weight": 0.2, "widths": [3]}).check_all()
+    assert isinstance(report, CheckReport) and report.ok and report.plugin == "good"
+    assert [r.name for r in report.results] == list(PluginTester.checks)
+    assert all(r.passed and r.reason == "" and r.duration_s >= 0 for r in report.results)
+    assert report.duration_s == pytest.approx(sum(r.duration_s for r in report.results))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "PluginTester 'good': 7 checks"
+    assert [line.split()[:2] for line in printed[1:-1]] == [
+        ["PASS", name] for name in PluginTester.checks
+    ]
+    assert printed[-1].startswith("7 checks: 7 passed, 0 skipped, 0 failed in ")
+
+
+def test_a_check_without_a_subject_is_skipped_with_its_reason(capsys):
+    report = PluginTester(StringTaps).check_all(raise_on_failure=False, echo=False)
+    assert capsys.readouterr().out == ""  # echo=False prints nothing
+    config = report["check_config"]
+    assert config.skipped and "no Config" in config.reason
+    failed = [r.name for r in report.failures]
+    assert not report.ok and "check_hook_types" in failed and "check_loads" not in failed
+    assert "infoshape_taps returned str 'fc1'" in report["check_hook_types"].reason
+    assert report.count("skipped") == 1 and report.count("failed") == len(failed)
+    assert report.count("passed") == len(PluginTester.checks) - 1 - len(failed)
+    summary = report.summary()
+    assert "SKIP  check_config" in summary and "FAIL  check_hook_types" in summary
+    assert "PASS  check_loads" in summary
+    assert summary.splitlines()[-1].startswith(
+        f"7 checks: {6 - len(failed)} passed, 1 skipped, {len(failed)} failed"
+    )
+    with pytest.raises(KeyError, match="no check 'check_nothing'"):
+        report["check_nothing"]
+
+
+def test_check_all_prints_the_summary_before_raising(capsys):
+    with pytest.raises(AssertionError, match="of 7 conformance checks failed"):
+        PluginTester(StringTaps).check_all()
+    assert "FAIL  check_hook_types" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """The shade and shade_binary plugins: Algorithm 1 by hand, Ω's closed forms, gradients, state.
 
-Hand computations use Python floats and ``math.exp`` (METHODS.md §2's formulas written out
+Hand computations use Python floats and ``math.exp`` (docs/methods.md §2's formulas written out
 here), not the plugin's code. Tolerances: 1e-6 against float32 tensors, 1e-12 in float64.
 """
 
