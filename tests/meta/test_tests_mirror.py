@@ -20,6 +20,7 @@ TESTED_ELSEWHERE: dict[str, str] = {
     # core: the runtime's contract and helpers
     "core/__main__.py": "tests/core/apps/test_cli.py",  # `python -m infoshape`
     "core/errors.py": "tests/test_error_messages.py",  # every message's expected/got/fix
+    "core/testing/check_report.py": "tests/core/testing/test_plugin_tester.py",  # check_all
     "core/hookspecs.py": "tests/meta/test_hookspecs.py",
     "core/objective.py": "tests/core/test_session.py",  # Penalty through Session.loss
     "core/probe.py": "tests/core/store/test_run_store.py",
