@@ -43,7 +43,7 @@ from infoshape.errors import ConfigError, InfoshapeWarning
 from infoshape.store import location
 from infoshape.store.read import open_store
 
-__all__ = ["RUN_COORDS", "open_runs"]
+__all__ = ["RUN_COORDS", "find_runs", "open_runs"]
 
 RUN_COORDS = ("plugin", "coefficient", "seed", "model", "dataset", "status", "name", "store")
 """The coordinates along ``run`` that :func:`open_runs` sets from each run's manifest."""
@@ -120,6 +120,13 @@ def open_runs(
 
 
 # ------------------------------------------------------------------ finding the runs
+def find_runs(
+    runs: str | Path | Iterable[str | Path], storage_options: Mapping[str, Any] | None = None
+) -> list[location.StorePath]:
+    """The store paths that :func:`open_runs` reads for ``runs`` (same arguments), in order."""
+    return _resolve(runs, storage_options)
+
+
 def _resolve(runs: Any, storage_options: Mapping[str, Any] | None) -> list[location.StorePath]:
     """The store paths named by ``runs`` (a list, a glob, a sweep folder or one store)."""
     if isinstance(runs, (str, Path)):
