@@ -264,11 +264,15 @@ def _on_cluster(
                     future = client.submit(slab_task, *args, epoch, tap, pure=False)
                     where[future.key] = (k, epoch, tap)
                     futures.append(future)
-        for future in distributed.as_completed(futures):
-            k, epoch, tap = where[future.key]
-            i_xt, i_ty, made = future.result()
-            computed[k][epoch, tap] = (i_xt, i_ty, [remade(a) for a in made])
-            bar.update()
+        try:
+            for future in distributed.as_completed(futures):
+                k, epoch, tap = where[future.key]
+                i_xt, i_ty, made = future.result()  # a slab's error is raised here, as serially
+                computed[k][epoch, tap] = (i_xt, i_ty, [remade(a) for a in made])
+                bar.update()
+        except BaseException:
+            client.cancel(futures)  # nothing is written; the other slabs stop
+            raise
     return computed
 
 

@@ -89,15 +89,23 @@ def train_cells(
 
     with connect(spec) as client:
         say(f"{len(todo)} cells on {spec} ({len(client.scheduler_info()['workers'])} workers)")
-        futures = []
+        futures, names = [], {}
         for name, config in todo:
             start(name)
             key = f"infoshape-cell-{name}-{uuid.uuid4().hex[:8]}"
             futures.append(
                 client.submit(train_cell, name, config, storage_options, pure=False, key=key)
             )
+            names[key] = name
         for future in distributed.as_completed(futures):
-            outcome = future.result()
+            try:
+                outcome = future.result()
+            except Exception as err:  # the task itself failed (a worker died): this cell only
+                outcome = CellOutcome(
+                    name=names[future.key],
+                    error=f"{type(err).__name__}: {err}",
+                    traceback="".join(traceback.format_exception(err)),
+                )
             advance(outcome.name)
             outcomes[outcome.name] = _report(outcome, say)
     return [outcomes[name] for name, _ in todo]
