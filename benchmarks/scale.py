@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,26 +73,41 @@ def _quiet(_: str) -> None:
     pass
 
 
+def _max_rel_diff(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> float:
+    """Largest relative difference of two summaries' per-cell values (NaN == NaN)."""
+    worst = 0.0
+    for cell, values in a.items():
+        for key, x in values.items():
+            y = b[cell][key]
+            if math.isnan(x) and math.isnan(y):
+                continue
+            worst = max(worst, abs(x - y) / max(abs(x), abs(y), 1e-12))
+    return worst
+
+
 def bench_sweep(args: argparse.Namespace, work: Path, client: Any) -> dict[str, Any]:
-    """The grid serially, then on ``client``'s cluster; wall times and equality."""
-    serial_config = SweepConfig.from_mapping(_settings(args, work / "serial"))
-    cells = len(serial_config.cells())
-    start = time.perf_counter()
-    serial = run_sweep(serial_config, progress=False, log=_quiet)
-    serial_s = time.perf_counter() - start
+    """The grid serially (at each torch thread count), then on ``client``'s cluster."""
     cluster_config = SweepConfig.from_mapping(_settings(args, work / "cluster"))
     start = time.perf_counter()
     parallel = run_sweep(cluster_config, progress=False, log=_quiet, scheduler=client)
-    parallel_s = time.perf_counter() - start
-    assert not serial.failed and not parallel.failed, (serial.failed, parallel.failed)
-    return {
-        "cells": cells,
-        "epochs": args.epochs,
-        "serial_s": serial_s,
-        "cluster_s": parallel_s,
-        "identical_summaries": serial.summary.rows == parallel.summary.rows,
-        "stores": [str(work / "serial" / "cells" / f"{name}.zarr") for name in serial.ran],
-    }
+    cluster_s = time.perf_counter() - start
+    serial = {}
+    default = torch.get_num_threads()
+    for threads in dict.fromkeys(args.serial_threads or [default, 1]):
+        torch.set_num_threads(threads)
+        config = SweepConfig.from_mapping(_settings(args, work / f"serial{threads}"))
+        start = time.perf_counter()
+        result = run_sweep(config, progress=False, log=_quiet)
+        seconds = time.perf_counter() - start
+        assert not result.failed and not parallel.failed, (result.failed, parallel.failed)
+        serial[threads] = {
+            "serial_s": seconds,
+            "max_rel_diff": _max_rel_diff(result.summary.values, parallel.summary.values),
+            "stores": [str(result.out / "cells" / f"{name}.zarr") for name in result.ran],
+        }
+    torch.set_num_threads(default)
+    return {"cells": len(cluster_config.cells()), "epochs": args.epochs, "cluster_s": cluster_s,
+            "serial": serial}  # fmt: skip
 
 
 def bench_analyze(
@@ -106,12 +123,14 @@ def bench_analyze(
             shutil.copytree(s, folder / f"run{k:02d}.zarr") for k, s in enumerate(chosen)
         ]
     options = {"estimator": args.estimator, "max_samples": args.max_samples}
-    start = time.perf_counter()
-    serial = analyze_runs(copies["serial"], **options)
-    serial_s = time.perf_counter() - start
-    start = time.perf_counter()
-    parallel = analyze_runs(copies["cluster"], scheduler=client, **options)
-    parallel_s = time.perf_counter() - start
+    with warnings.catch_warnings():  # the estimator's assumption warnings: not measured here
+        warnings.simplefilter("ignore", infoshape.EstimatorAssumptionWarning)
+        start = time.perf_counter()
+        serial = analyze_runs(copies["serial"], **options)
+        serial_s = time.perf_counter() - start
+        start = time.perf_counter()
+        parallel = analyze_runs(copies["cluster"], scheduler=client, **options)
+        parallel_s = time.perf_counter() - start
     identical = all(
         np.array_equal(a[k].values, b[k].values)
         for a, b in zip(serial, parallel, strict=True)
@@ -183,6 +202,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs of every cell")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of every configuration")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    parser.add_argument(
+        "--serial-threads",
+        type=int,
+        nargs="+",
+        help="torch threads of the serial sweep, one run each (default: torch's default, 1)",
+    )
     parser.add_argument("--runs", type=int, default=20, help="stores that analyze reads")
     parser.add_argument("--estimator", default="kl_pairwise")
     parser.add_argument("--max-samples", type=int, default=None)
@@ -210,35 +235,35 @@ def main() -> None:
             threads = client.run(torch.get_num_threads)
             report["torch_threads_per_worker"] = sorted(set(threads.values()))
             sweep = bench_sweep(args, work, client)
-            analysis = bench_analyze(args, sweep.pop("stores"), work, client)
-            stores = sorted(str(p) for p in (work / "serial" / "cells").glob("*.zarr"))
+            stores = next(iter(sweep["serial"].values()))["stores"]
+            analysis = bench_analyze(args, stores, work, client)
         report["s3"] = bench_s3(args, stores[0])
-    sweep["ratio"] = (sweep["cluster_s"] + report["cluster_start_s"]) / sweep["serial_s"]
-    sweep["ratio_warm"] = sweep["cluster_s"] / sweep["serial_s"]
+    start_s = report["cluster_start_s"]
+    for row in sweep["serial"].values():
+        row.pop("stores")
+        row["ratio"] = (sweep["cluster_s"] + start_s) / row["serial_s"]
+        row["ratio_warm"] = sweep["cluster_s"] / row["serial_s"]
     analysis["ratio"] = analysis["cluster_s"] / analysis["serial_s"]
-    analysis["ratio_with_start"] = (analysis["cluster_s"] + report["cluster_start_s"]) / analysis[
-        "serial_s"
-    ]
+    analysis["ratio_with_start"] = (analysis["cluster_s"] + start_s) / analysis["serial_s"]
     report["sweep"], report["analyze"] = sweep, analysis
-    n = args.workers
-    print(f"{os.cpu_count()} CPUs; serial torch threads {torch.get_num_threads()}; "
-          f"{n} workers x {report['torch_threads_per_worker']} threads; cluster start "
-          f"{report['cluster_start_s']:.1f} s (counted in the sweep's ratio)")  # fmt: skip
-    print(f"{'what':<34}{'serial s':>10}{f'local:{n} s':>12}{'ratio':>8}{'same':>6}")
-    print(
-        f"{'sweep: ' + str(sweep['cells']) + ' cells x ' + str(args.epochs) + ' epochs':<34}"
-        f"{sweep['serial_s']:>10.1f}{sweep['cluster_s'] + report['cluster_start_s']:>12.1f}"
-        f"{sweep['ratio']:>8.2f}{sweep['identical_summaries']!s:>6}"
-    )
-    print(
-        f"{'  without the cluster start':<34}{sweep['serial_s']:>10.1f}{sweep['cluster_s']:>12.1f}"
-        f"{sweep['ratio_warm']:>8.2f}"
-    )
+    n, worker_threads = args.workers, report["torch_threads_per_worker"]
+    print(f"{os.cpu_count()} CPUs; {n} workers x {worker_threads} torch threads; cluster start "
+          f"{start_s:.1f} s, counted in 'local:{n} s' of the sweep")  # fmt: skip
+    print(f"{'what':<44}{'serial s':>10}{f'local:{n} s':>12}{'ratio':>7}{'warm':>7}{'diff':>9}")
+    label = f"sweep: {sweep['cells']} cells x {args.epochs} epochs"
+    for threads, row in sweep["serial"].items():
+        print(
+            f"{label + f', serial {threads} thread(s)':<44}{row['serial_s']:>10.1f}"
+            f"{sweep['cluster_s'] + start_s:>12.1f}{row['ratio']:>7.2f}{row['ratio_warm']:>7.2f}"
+            f"{row['max_rel_diff']:>9.1g}"
+        )
     label = f"analyze: {analysis['runs']} runs, {analysis['slabs']} slabs"
     print(
-        f"{label:<34}{analysis['serial_s']:>10.1f}{analysis['cluster_s']:>12.1f}"
-        f"{analysis['ratio']:>8.2f}{analysis['identical_values']!s:>6}"
+        f"{label:<44}{analysis['serial_s']:>10.1f}{analysis['cluster_s']:>12.1f}"
+        f"{analysis['ratio']:>7.2f}{'':>7}{0.0 if analysis['identical_values'] else 1:>9.1g}"
     )
+    print("ratio: local:N / serial, the cluster's start included; warm: without it; diff: the "
+          "largest relative difference of the summaries (analysis: 0 = identical)")  # fmt: skip
     s3 = report["s3"]
     if "skipped" in s3:
         print(f"S3 read: skipped ({s3['skipped']})")
@@ -250,8 +275,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
-    if not (sweep["identical_summaries"] and analysis["identical_values"]):
-        sys.exit("the cluster's results differ from the serial ones")
+    same_threads = sweep["serial"].get(worker_threads[0])
+    if not analysis["identical_values"] or (same_threads and same_threads["max_rel_diff"] != 0):
+        sys.exit("the cluster's results differ from the serial ones at the same torch threads")
 
 
 if __name__ == "__main__":

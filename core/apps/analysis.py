@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -203,42 +204,43 @@ def analyze_runs(
     """
     from tqdm.auto import tqdm
 
-    from infoshape.apps.scheduler import parse_scheduler
+    from infoshape.apps.scheduler import local_reads, parse_scheduler
 
     spec = parse_scheduler(scheduler)
-    record = resolve_estimator(estimator)
-    _check_options(record, estimator_options)
-    group = name or record.name
-    if "/" in group or group.strip(".") == "":
-        raise ConfigError(
-            "cannot name the analysis group",
-            expected="a name without '/' (analysis/NAME)",
-            got=repr(group),
-            fix="pass another name (" + by_syntax("name=...", "--name NAME") + ")",
-        )
-    runs = [prepare(s, group, taps, epochs, max_samples, seed, storage_options) for s in stores]
-    total = sum(len(run.epochs) * len(run.taps) for run in runs)
-    bar = tqdm(
-        total=total, desc=f"analyze {record.name}", unit="slab", disable=not progress,
-        dynamic_ncols=True,
-    )  # fmt: skip
-    results: list[xr.Dataset] = []
-    with bar:
-        if spec is None:
-            for run in runs:
-                slabs = {}
-                for epoch in run.epochs:
-                    for tap in run.taps:
-                        slabs[epoch, tap] = slab(run, record, estimator_options, epoch, tap)
-                        bar.update()
-                results.append(
-                    _finish(run, record, group, slabs, estimator_options, max_samples, seed)
-                )
-            return results
-        computed = _on_cluster(spec, runs, estimator, estimator_options, storage_options, bar)
-    for run, slabs in zip(runs, computed, strict=True):
-        results.append(_finish(run, record, group, slabs, estimator_options, max_samples, seed))
-    return results
+    with local_reads():  # the slabs are read here (or on a worker), never via a Client
+        record = resolve_estimator(estimator)
+        _check_options(record, estimator_options)
+        group = name or record.name
+        if "/" in group or group.strip(".") == "":
+            raise ConfigError(
+                "cannot name the analysis group",
+                expected="a name without '/' (analysis/NAME)",
+                got=repr(group),
+                fix="pass another name (" + by_syntax("name=...", "--name NAME") + ")",
+            )
+        runs = [prepare(s, group, taps, epochs, max_samples, seed, storage_options) for s in stores]
+        total = sum(len(run.epochs) * len(run.taps) for run in runs)
+        bar = tqdm(
+            total=total, desc=f"analyze {record.name}", unit="slab", disable=not progress,
+            dynamic_ncols=True,
+        )  # fmt: skip
+        results: list[xr.Dataset] = []
+        with bar:
+            if spec is None:
+                for run in runs:
+                    slabs = {}
+                    for epoch in run.epochs:
+                        for tap in run.taps:
+                            slabs[epoch, tap] = slab(run, record, estimator_options, epoch, tap)
+                            bar.update()
+                    results.append(
+                        _finish(run, record, group, slabs, estimator_options, max_samples, seed)
+                    )
+                return results
+            computed = _on_cluster(spec, runs, estimator, estimator_options, storage_options, bar)
+        for run, slabs in zip(runs, computed, strict=True):
+            results.append(_finish(run, record, group, slabs, estimator_options, max_samples, seed))
+        return results
 
 
 def _on_cluster(
@@ -255,13 +257,14 @@ def _on_cluster(
     from infoshape.apps.scheduler import connect
 
     computed: list[dict[tuple[int, str], Slab]] = [{} for _ in runs]
+    token = uuid.uuid4().hex  # each worker opens each store once for this analysis
     with connect(spec) as client:
         where, futures = {}, []
         for k, run in enumerate(runs):
             for epoch in run.epochs:
                 for tap in run.taps:
                     args = (run.path, storage_options, estimator, dict(options), run.samples)
-                    future = client.submit(slab_task, *args, epoch, tap, pure=False)
+                    future = client.submit(slab_task, *args, epoch, tap, token, pure=False)
                     where[future.key] = (k, epoch, tap)
                     futures.append(future)
         try:

@@ -8,6 +8,7 @@ store on the worker and reads that slab only.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 import xarray as xr
 
 from infoshape.apps.analysis_store import check_writable
+from infoshape.apps.scheduler import local_reads
 from infoshape.errors import (
     ConfigError,
     EstimatorAssumptionWarning,
@@ -31,7 +33,15 @@ from infoshape.store import location
 from infoshape.store.layout import INPUT
 from infoshape.store.read import open_store
 
-__all__ = ["Run", "Slab", "prepare", "remade", "resolve_estimator", "slab", "slab_task"]
+__all__ = [
+    "Run",
+    "Slab",
+    "prepare",
+    "remade",
+    "resolve_estimator",
+    "slab",
+    "slab_task",
+]
 
 
 def resolve_estimator(estimator: str | Estimator) -> Estimator:
@@ -221,6 +231,11 @@ def slab(run: Run, record: Estimator, options: Any, epoch: int, tap: str) -> Sla
     return i_xt, i_ty, raised
 
 
+_OPENED: dict[tuple[str, str], Run] = {}
+"""The runs a worker opened for the analysis under way (:func:`slab_task`'s ``token``)."""
+_OPENING = threading.Lock()
+
+
 def slab_task(
     store: Any,
     storage_options: Mapping[str, Any] | None,
@@ -229,25 +244,37 @@ def slab_task(
     samples: np.ndarray,
     epoch: int,
     tap: str,
+    token: str = "",
 ) -> tuple[float, float, list[tuple[Any, ...]]]:
     """One ``(run, epoch, tap)`` slab as a task of a dask worker: the store opened there.
+
+    A worker opens each store once per analysis: ``token`` names the analysis (the runs
+    opened for another token are dropped, so a store written since is read afresh).
 
     Returns ``(I_XT, I_TY, warnings)``, each assumption warning as the arguments that make
     it again (:class:`~infoshape.errors.EstimatorAssumptionWarning`).
     """
-    probe = _probe(store, storage_options)
-    run = Run(
-        path=store,
-        probe=probe,
-        taps=[tap],
-        epochs=[epoch],
-        samples=samples,
-        x=_tensor(probe[INPUT].isel(sample=samples)),
-        labels=torch.as_tensor(np.asarray(probe["label"].values)[samples], dtype=torch.int64),
-    )
-    i_xt, i_ty, raised = slab(run, resolve_estimator(estimator), dict(options), epoch, tap)
-    made = [(w.estimator, w.condition, w.problem, w.expected, w.got, w.fix) for w in raised]
-    return i_xt, i_ty, made
+    with local_reads():
+        key = (token, str(store))
+        with _OPENING:  # a worker of several threads opens a store once
+            if key not in _OPENED:
+                if any(k[0] != token for k in _OPENED):
+                    _OPENED.clear()
+                probe = _probe(store, storage_options)
+                labels = np.asarray(probe["label"].values)[samples]
+                _OPENED[key] = Run(
+                    path=store,
+                    probe=probe,
+                    taps=[],
+                    epochs=[],
+                    samples=samples,
+                    x=_tensor(probe[INPUT].isel(sample=samples)),
+                    labels=torch.as_tensor(labels, dtype=torch.int64),
+                )
+            run = _OPENED[key]
+        i_xt, i_ty, raised = slab(run, resolve_estimator(estimator), dict(options), epoch, tap)
+        made = [(w.estimator, w.condition, w.problem, w.expected, w.got, w.fix) for w in raised]
+        return i_xt, i_ty, made
 
 
 def remade(args: tuple[Any, ...]) -> EstimatorAssumptionWarning:

@@ -30,7 +30,7 @@ import attrs
 
 from infoshape.errors import ConfigError
 
-__all__ = ["SchedulerSpec", "connect", "parse_scheduler", "worker_threads"]
+__all__ = ["SchedulerSpec", "connect", "local_reads", "parse_scheduler", "worker_threads"]
 
 _FIX = "pass --scheduler local:2 (2 worker processes here) or tcp://HOST:8786 (a running scheduler)"
 
@@ -76,6 +76,18 @@ def parse_scheduler(spec: Any) -> Any:
         got=repr(spec),
         fix=_FIX,
     )
+
+
+def local_reads() -> Any:
+    """A context where lazy (dask) arrays of a store are read here, in this thread.
+
+    Not on the ``distributed`` cluster that a live ``Client`` makes dask's default: a
+    slab is read where it is estimated or summarized (a worker's task waiting on other
+    tasks of the same busy workers would wait for ever).
+    """
+    import dask
+
+    return dask.config.set(scheduler="synchronous")
 
 
 def _distributed() -> Any:

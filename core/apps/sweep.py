@@ -399,7 +399,7 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
-    from infoshape.apps.scheduler import parse_scheduler
+    from infoshape.apps.scheduler import local_reads, parse_scheduler
     from infoshape.apps.sweep_tasks import train_cells
 
     scheduler = parse_scheduler(scheduler)  # a bad spec stops the sweep before any work
@@ -449,7 +449,8 @@ def run_sweep(
     manifest["failed"] = failed
     manifest["tracebacks"] = tracebacks
     _write_text(out, "sweep.json", json.dumps(manifest, indent=2), storage_options)
-    summary = summarize(out, storage_options)
+    with local_reads():  # not through a live dask Client
+        summary = summarize(out, storage_options)
     _write_text(out, "summary.md", summary.to_markdown(), storage_options)
     _write_text(out, "summary.csv", summary.to_csv(), storage_options)
     return SweepResult(
