@@ -3,8 +3,8 @@
 In one run, on this machine:
 
 * **sweep**: the grid of ``examples/choi_rhee_sweep.toml`` (the same 5x100 ReLU MLP on
-  the embedded digits, the same 12 configurations x ``--seeds`` seeds; ``--epochs``
-  instead of the file's 20) trained serially (``run_sweep``, torch's default threads in
+  the embedded digits, the same 12 configurations x ``--seeds`` seeds, the file's 20
+  epochs unless ``--epochs``) trained serially (``run_sweep``, torch's default threads in
   this process) and on a ``LocalCluster`` of ``--workers`` worker processes
   (``--scheduler local:N``: one thread each, ``torch.set_num_threads(cores // N)``).
   The cluster's wall time is reported with the cluster's start and the workers' first
@@ -21,7 +21,7 @@ In one run, on this machine:
 Prints a table and writes JSON (``--out``). ``--quick`` runs a tiny grid (4 cells, 1
 epoch, 8x8 MLP, 4 runs) to check the code path in seconds.
 
-Usage: python benchmarks/scale.py [--epochs 2] [--seeds 2] [--workers 2] [--runs 20]
+Usage: python benchmarks/scale.py [--epochs 20] [--seeds 2] [--workers 2] [--runs 20]
        [--estimator kl_pairwise] [--quick] [--out benchmarks/results/scale.json]
 """
 
@@ -57,7 +57,7 @@ GRID_FILE = ROOT / "examples" / "choi_rhee_sweep.toml"
 
 def _settings(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     settings = tomllib.loads(GRID_FILE.read_text(encoding="utf-8"))
-    settings["epochs"] = args.epochs
+    settings["epochs"] = args.epochs = args.epochs or settings["epochs"]
     settings["sweep"]["out"] = str(out)
     settings["sweep"]["seeds"] = list(range(args.seeds))
     if args.quick:  # the same shape, tiny: 4 configurations, an 8x8 MLP
@@ -199,7 +199,7 @@ def bench_s3(args: argparse.Namespace, store: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of every cell")
+    parser.add_argument("--epochs", type=int, help="epochs of every cell (default: the file's 20)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of every configuration")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
     parser.add_argument(

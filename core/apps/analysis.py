@@ -28,6 +28,12 @@ group, but only a group an analysis wrote (its attrs hold ``estimator`` and
 store must be writable; that is checked before anything is computed. Metadata is
 re-consolidated, so ``xarray.open_datatree(path, engine="zarr")`` and
 :func:`infoshape.open_store` show the new group.
+
+:func:`analyze_runs` analyses several stores with the same settings. With
+``scheduler=`` (``--scheduler local:N | tcp://HOST:PORT``, :mod:`infoshape.apps.scheduler`)
+each ``(run, epoch, tap)`` slab is a task of a dask cluster, read and estimated on a
+worker (:func:`~infoshape.apps.analysis_slabs.slab_task`); the results are gathered and
+written here exactly as serially.
 """
 
 from __future__ import annotations

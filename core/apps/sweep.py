@@ -29,6 +29,10 @@ from scratch. The ``characteristics`` plugin is enabled in every cell (``charact
 the test error (%, last epoch) and of every ``characteristics.*`` metric (last epoch),
 all read back from the stores (:func:`summarize`).
 
+``scheduler=`` (``--scheduler local:N | tcp://HOST:PORT``) trains the cells as tasks of a
+dask cluster (:mod:`infoshape.apps.sweep_tasks`), one per worker at a time; the stores
+and summaries are those of the serial sweep.
+
 ``out`` may be an fsspec URL (``s3://bucket/sweeps/a``, ``--storage-option`` on the
 command line, ``storage_options=`` of :func:`run_sweep`): the cells' stores,
 ``sweep.json`` and the summaries are written there.
