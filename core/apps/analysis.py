@@ -243,7 +243,8 @@ def analyze_runs(
                         _finish(run, record, group, slabs, estimator_options, max_samples, seed)
                     )
                 return results
-            computed = _on_cluster(spec, runs, estimator, estimator_options, storage_options, bar)
+            # the record itself: a worker looks no estimator up by name (entry points, per task)
+            computed = _on_cluster(spec, runs, record, estimator_options, storage_options, bar)
         for run, slabs in zip(runs, computed, strict=True):
             results.append(_finish(run, record, group, slabs, estimator_options, max_samples, seed))
         return results
