@@ -28,66 +28,51 @@ group, but only a group an analysis wrote (its attrs hold ``estimator`` and
 store must be writable; that is checked before anything is computed. Metadata is
 re-consolidated, so ``xarray.open_datatree(path, engine="zarr")`` and
 :func:`infoshape.open_store` show the new group.
+
+:func:`analyze_runs` analyses several stores with the same settings. With
+``scheduler=`` (``--scheduler local:N | tcp://HOST:PORT``, :mod:`infoshape.apps.scheduler`)
+each ``(run, epoch, tap)`` slab is a task of a dask cluster, read and estimated on a
+worker (:func:`~infoshape.apps.analysis_slabs.slab_task`); the results are gathered and
+written here exactly as serially.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import inspect
-import os
-import tempfile
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import xarray as xr
-import zarr
 
-from infoshape.errors import (
-    ConfigError,
-    EstimatorAssumptionWarning,
-    InfoshapeError,
-    PluginError,
-    StoreError,
+from infoshape.apps.analysis_slabs import (
+    Run,
+    Slab,
+    prepare,
+    remade,
+    resolve_estimator,
+    slab,
+    slab_task,
 )
-from infoshape.math.linalg import as_samples, label_entropy
-from infoshape.registry import Estimator, get_estimator, list_estimators, unknown_name
-from infoshape.store import location
-from infoshape.store.layout import GROUPS, INPUT
-from infoshape.store.read import open_store
+from infoshape.apps.analysis_store import jsonable, write_analysis
+from infoshape.errors import ConfigError, EstimatorAssumptionWarning
+from infoshape.math.linalg import label_entropy
+from infoshape.registry import Estimator
 from infoshape.syntax import by_syntax
 
-__all__ = ["analyze", "format_results", "parse_epochs", "resolve_estimator", "write_analysis"]
-
-
-def resolve_estimator(estimator: str | Estimator) -> Estimator:
-    """The :class:`~infoshape.Estimator` named ``estimator`` (or ``estimator`` itself).
-
-    Raises:
-        UnknownNameError: no installed estimator has that name.
-        ConfigError: the estimator has no ``information_plane``.
-    """
-    if isinstance(estimator, str):
-        estimator = get_estimator(estimator)
-    elif not isinstance(estimator, Estimator):
-        raise ConfigError(
-            "analyze needs an estimator",
-            expected="an estimator name or an infoshape.Estimator record",
-            got=repr(estimator),
-            fix="pass a name such as 'kl_pairwise' (`infoshape plugins` lists the plugins)",
-        )
-    if estimator.information_plane is None:
-        usable = [e.name for e in list_estimators() if e.information_plane is not None]
-        raise ConfigError(
-            f"estimator {estimator.name!r} cannot place a layer on the information plane",
-            expected="an estimator with information_plane(x, t, labels)",
-            got=f"{estimator.name!r} with information_plane=None",
-            fix=f"choose one of: {', '.join(usable) or '(none installed)'}",
-        )
-    return estimator
+__all__ = [
+    "analyze",
+    "analyze_runs",
+    "format_results",
+    "parse_epochs",
+    "resolve_estimator",
+    "slab_task",
+    "write_analysis",
+]
 
 
 def _check_options(estimator: Estimator, options: Mapping[str, Any]) -> None:
@@ -111,111 +96,6 @@ def _check_options(estimator: Estimator, options: Mapping[str, Any]) -> None:
             )
 
 
-def _probe(path: Any, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
-    tree = open_store(path, storage_options=storage_options)
-    probe = tree["probe"].to_dataset() if "probe" in tree.children else xr.Dataset()
-    taps = [n for n in probe.data_vars if n != INPUT and "epoch" in probe[n].dims]
-    if not taps or probe.sizes.get("epoch", 0) == 0 or INPUT not in probe.data_vars:
-        raise StoreError(
-            f"the store {path} holds no probe data to analyse",
-            expected=f"probe/ taps stored at one or more epoch ends, and probe/{INPUT} (X)",
-            got=f"probe variables {sorted(map(str, probe.data_vars))} over "
-            f"{probe.sizes.get('epoch', 0)} epochs",
-            fix="train with a probe set and a stored tap (infoshape train without --no-probe; "
-            "Session(taps=[Tap(..., store=True)]) and epoch_end(probe=(x, y)))",
-        )
-    return probe
-
-
-def _select_taps(probe: xr.Dataset, taps: Sequence[str] | None) -> list[str]:
-    available = [str(n) for n in probe.data_vars if n != INPUT and "epoch" in probe[n].dims]
-    if taps is None:
-        return available
-    for tap in taps:
-        if tap not in available:
-            raise unknown_name("tap", tap, available, "choose a tap stored in probe/")
-    return list(dict.fromkeys(taps))
-
-
-def _select_epochs(probe: xr.Dataset, epochs: Sequence[int] | slice | None) -> list[int]:
-    stored = [int(e) for e in probe["epoch"].values]
-    if epochs is None:
-        return stored
-    if isinstance(epochs, slice):
-        chosen = stored[epochs]
-    else:
-        chosen = [int(e) for e in epochs]
-        missing = [e for e in chosen if e not in stored]
-        if missing:
-            raise ConfigError(
-                f"epoch {missing[0]} is not in the store",
-                expected=f"epochs among {stored[0]}..{stored[-1]} ({len(stored)} stored)",
-                got=str(missing),
-                fix="pick stored epochs, or a slice of them: --epochs ::2 or --epochs=-1:",
-            )
-    if not chosen:
-        raise ConfigError("no epoch selected", expected="one or more epochs", got=repr(epochs))
-    return list(dict.fromkeys(chosen))
-
-
-def _select_samples(n: int, max_samples: int | None, seed: int) -> np.ndarray:
-    if max_samples is None or max_samples >= n:
-        return np.arange(n)
-    if max_samples < 2:
-        raise ConfigError(
-            "max_samples is too small",
-            expected="an integer of at least 2",
-            got=repr(max_samples),
-            fix="pass --max-samples N with N >= 2, or leave it out to use every sample",
-        )
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=max_samples, replace=False))
-
-
-def _tensor(values: xr.DataArray) -> torch.Tensor:
-    """One slab, read now (the lazy array's chunks of it only), as ``(N, features)`` float64."""
-    return as_samples(torch.from_numpy(np.asarray(values.values, dtype=np.float64)))
-
-
-def _scalar(value: Any, estimator: str) -> float:
-    value = torch.as_tensor(value).detach().cpu()
-    if value.numel() != 1:
-        raise PluginError(
-            f"estimator {estimator!r} returned a non-scalar from information_plane",
-            expected="(I(X;T), I(T;Y)), two scalar tensors",
-            got=f"a value of shape {tuple(value.shape)}",
-            fix="return scalar tensors (fix the estimator plugin)",
-        )
-    return float(value.reshape(()))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value if value is None or isinstance(value, bool | int | float | str) else repr(value)
-
-
-def _place(
-    record: Estimator, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, options: Any
-) -> tuple[Any, list[EstimatorAssumptionWarning]]:
-    """``information_plane(x, t, labels)`` and the assumption warnings it raised.
-
-    Other warnings pass through unchanged.
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", EstimatorAssumptionWarning)
-        pair = record.information_plane(x, t, labels, **options)  # type: ignore[misc]
-    flagged = []
-    for w in caught:
-        if isinstance(w.message, EstimatorAssumptionWarning):
-            flagged.append(w.message)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-    return pair, flagged
-
-
 def _summarize(
     estimator: str,
     flags: dict[str, list[list[Any]]],
@@ -236,7 +116,7 @@ def _summarize(
                 got=f"at {shown}; the first: {w.got}",
                 fix=w.fix,
             ),
-            stacklevel=3,
+            stacklevel=5,  # analyze -> analyze_runs -> _finish -> here
         )
 
 
@@ -250,6 +130,7 @@ def analyze(
     name: str | None = None,
     progress: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    scheduler: Any = None,
     **estimator_options: Any,
 ) -> xr.Dataset:
     """Place every probe tap of every epoch on the information plane; write ``analysis/<name>``.
@@ -267,6 +148,11 @@ def analyze(
         progress: show a progress bar over the ``(epoch, tap)`` slabs.
         storage_options: options of the filesystem of a store at an fsspec URL
             (``s3://bucket/runs/a.zarr``).
+        scheduler: ``None`` (default: every slab here, one after the other), ``"local:N"``,
+            ``"tcp://HOST:PORT"`` or a ``distributed.Client``: each ``(epoch, tap)`` slab a
+            task of that dask cluster (:mod:`infoshape.apps.scheduler`), read and estimated
+            on a worker; the values are the same. An :class:`~infoshape.Estimator` passed
+            as a record must be importable there.
         **estimator_options: keyword options passed to ``information_plane``.
 
     Returns:
@@ -281,62 +167,152 @@ def analyze(
         UnknownNameError: an unknown estimator or tap.
         StoreError: the store has no probe data (or no probe inputs), cannot be written,
             or holds an ``analysis/<name>`` that no analysis wrote.
-        ConfigError: an estimator without ``information_plane``, an unknown option or epoch.
+        ConfigError: an estimator without ``information_plane``, an unknown option or epoch,
+            an unreadable ``scheduler``.
         PluginError: the estimator failed or returned something else than two scalars.
+    """
+    return analyze_runs(
+        [store],
+        estimator,
+        taps=taps,
+        epochs=epochs,
+        max_samples=max_samples,
+        seed=seed,
+        name=name,
+        progress=progress,
+        storage_options=storage_options,
+        scheduler=scheduler,
+        **estimator_options,
+    )[0]
+
+
+def analyze_runs(
+    stores: Sequence[str | Path],
+    estimator: str | Estimator,
+    taps: Sequence[str] | None = None,
+    epochs: Sequence[int] | slice | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    scheduler: Any = None,
+    **estimator_options: Any,
+) -> list[xr.Dataset]:
+    """:func:`analyze` each of ``stores`` (the same settings); the Datasets in that order.
+
+    Every store is checked (probe data, taps, epochs, writable) before any slab is
+    computed. With a ``scheduler``, the ``(run, epoch, tap)`` slabs of every store go to
+    the cluster at once; each store's result is written here, as :func:`analyze` writes it.
+
+    Raises:
+        As :func:`analyze`.
     """
     from tqdm.auto import tqdm
 
+    from infoshape.apps.scheduler import local_reads, parse_scheduler
+
+    spec = parse_scheduler(scheduler)
+    with local_reads():  # the slabs are read here (or on a worker), never via a Client
+        record = resolve_estimator(estimator)
+        _check_options(record, estimator_options)
+        group = name or record.name
+        if "/" in group or group.strip(".") == "":
+            raise ConfigError(
+                "cannot name the analysis group",
+                expected="a name without '/' (analysis/NAME)",
+                got=repr(group),
+                fix="pass another name (" + by_syntax("name=...", "--name NAME") + ")",
+            )
+        runs = [prepare(s, group, taps, epochs, max_samples, seed, storage_options) for s in stores]
+        total = sum(len(run.epochs) * len(run.taps) for run in runs)
+        bar = tqdm(
+            total=total, desc=f"analyze {record.name}", unit="slab", disable=not progress,
+            dynamic_ncols=True,
+        )  # fmt: skip
+        results: list[xr.Dataset] = []
+        with bar:
+            if spec is None:
+                for run in runs:
+                    slabs = {}
+                    for epoch in run.epochs:
+                        for tap in run.taps:
+                            slabs[epoch, tap] = slab(run, record, estimator_options, epoch, tap)
+                            bar.update()
+                    results.append(
+                        _finish(run, record, group, slabs, estimator_options, max_samples, seed)
+                    )
+                return results
+            # the record itself: a worker looks no estimator up by name (entry points, per task)
+            computed = _on_cluster(spec, runs, record, estimator_options, storage_options, bar)
+        for run, slabs in zip(runs, computed, strict=True):
+            results.append(_finish(run, record, group, slabs, estimator_options, max_samples, seed))
+        return results
+
+
+def _on_cluster(
+    spec: Any,
+    runs: list[Run],
+    estimator: str | Estimator,
+    options: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None,
+    bar: Any,
+) -> list[dict[tuple[int, str], Slab]]:
+    """Every ``(run, epoch, tap)`` slab as a task of the cluster; per run, slab -> values."""
+    import distributed
+
+    from infoshape.apps.scheduler import connect
+
+    computed: list[dict[tuple[int, str], Slab]] = [{} for _ in runs]
+    token = uuid.uuid4().hex  # each worker opens each store once for this analysis
+    with connect(spec) as client:
+        where, futures = {}, []
+        for k, run in enumerate(runs):
+            for epoch in run.epochs:
+                for tap in run.taps:
+                    args = (run.path, storage_options, estimator, dict(options), run.samples)
+                    future = client.submit(slab_task, *args, epoch, tap, token, pure=False)
+                    where[future.key] = (k, epoch, tap)
+                    futures.append(future)
+        try:
+            for future in distributed.as_completed(futures):
+                k, epoch, tap = where[future.key]
+                i_xt, i_ty, made = future.result()  # a slab's error is raised here, as serially
+                computed[k][epoch, tap] = (i_xt, i_ty, [remade(a) for a in made])
+                bar.update()
+        except BaseException:
+            client.cancel(futures)  # nothing is written; the other slabs stop
+            raise
+    return computed
+
+
+def _finish(
+    run: Run,
+    record: Estimator,
+    group: str,
+    slabs: Mapping[tuple[int, str], Slab],
+    options: Mapping[str, Any],
+    max_samples: int | None,
+    seed: int,
+) -> xr.Dataset:
+    """The Dataset of one run's slabs (in ``(epoch, tap)`` order), written to its store."""
     from infoshape import __version__
 
-    path = location.normalize(store)
-    record = resolve_estimator(estimator)
-    _check_options(record, estimator_options)
-    group = name or record.name
-    if "/" in group or group.strip(".") == "":
-        raise ConfigError(
-            "cannot name the analysis group",
-            expected="a name without '/' (analysis/NAME)",
-            got=repr(group),
-            fix="pass another name (" + by_syntax("name=...", "--name NAME") + ")",
-        )
-    probe = _probe(path, storage_options)
-    _check_writable(path, group, storage_options)  # before the work, not after it
-    tap_names = _select_taps(probe, taps)
-    epoch_values = _select_epochs(probe, epochs)
-    samples = _select_samples(probe.sizes["sample"], max_samples, seed)
-    x = _tensor(probe[INPUT].isel(sample=samples))
-    labels = torch.as_tensor(np.asarray(probe["label"].values)[samples], dtype=torch.int64)
-    found = np.full((2, len(epoch_values), len(tap_names)), np.nan)
-    codes = np.full((len(epoch_values), len(tap_names)), "", dtype=object)
+    found = np.full((2, len(run.epochs), len(run.taps)), np.nan)
+    codes = np.full((len(run.epochs), len(run.taps)), "", dtype=object)
     flags: dict[str, list[list[Any]]] = {}
     first: dict[str, EstimatorAssumptionWarning] = {}
-    total, desc = found[0].size, f"analyze {record.name}"
-    with tqdm(total=total, desc=desc, unit="slab", disable=not progress, dynamic_ncols=True) as bar:
-        for i, epoch in enumerate(epoch_values):
-            for j, tap in enumerate(tap_names):
-                t = _tensor(probe[tap].sel(epoch=epoch).isel(sample=samples))
-                try:
-                    pair, raised = _place(record, x, t, labels, estimator_options)
-                except InfoshapeError:
-                    raise
-                except Exception as err:
-                    raise PluginError(
-                        f"estimator {record.name!r} failed on tap {tap!r} at epoch {epoch}: "
-                        f"{type(err).__name__}: {err}",
-                        expected=f"information_plane(x {tuple(x.shape)}, t {tuple(t.shape)}, "
-                        f"labels {tuple(labels.shape)}) -> two scalars",
-                        fix="check the estimator's options; --max-samples N makes it cheaper",
-                    ) from err
-                found[:, i, j] = [_scalar(v, record.name) for v in pair]
-                conditions = list(dict.fromkeys(w.condition for w in raised))
-                codes[i, j] = ",".join(conditions)
-                for w in raised:
-                    first.setdefault(w.condition, w)
-                for condition in conditions:
-                    flags.setdefault(condition, []).append([epoch, tap])
-                bar.update()
-    _summarize(record.name, flags, first, total)
-    sample_coord = np.asarray(probe["sample"].values)[samples]
+    for i, epoch in enumerate(run.epochs):
+        for j, tap in enumerate(run.taps):
+            i_xt, i_ty, raised = slabs[epoch, tap]
+            found[:, i, j] = [i_xt, i_ty]
+            conditions = list(dict.fromkeys(w.condition for w in raised))
+            codes[i, j] = ",".join(conditions)
+            for w in raised:
+                first.setdefault(w.condition, w)
+            for condition in conditions:
+                flags.setdefault(condition, []).append([epoch, tap])
+    _summarize(record.name, flags, first, found[0].size)
     unit = record.unit
     variables = {
         "I_XT": ("I(X;T)", "probe inputs X and the tap's representation T"),
@@ -358,113 +334,26 @@ def analyze(
                 {"description": "assumption conditions the estimator warned of, comma-separated"},
             )
         },
-        coords={"epoch": epoch_values, "tap": tap_names, "sample": sample_coord},
+        coords={
+            "epoch": run.epochs,
+            "tap": run.taps,
+            "sample": np.asarray(run.probe["sample"].values)[run.samples],
+        },
         attrs={
             "estimator": record.name,
             "unit": unit,
-            "options": _jsonable(estimator_options),
+            "options": jsonable(options),
             "infoshape_version": __version__,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "n_samples": int(samples.size),
+            "n_samples": int(run.samples.size),
             "max_samples": max_samples,
             "seed": seed,
-            "H_Y": float(label_entropy(labels)) / (np.log(2.0) if unit == "bits" else 1.0),
+            "H_Y": float(label_entropy(run.labels)) / (np.log(2.0) if unit == "bits" else 1.0),
             "assumption_flags": flags,
         },
     )
-    write_analysis(path, group, result, storage_options)
+    write_analysis(run.path, group, result, run.storage_options)
     return result
-
-
-def _written_by_analysis(node: Any) -> bool:
-    """Whether a zarr node is an ``analysis/<name>`` group that :func:`analyze` wrote."""
-    return isinstance(node, zarr.Group) and {"estimator", "infoshape_version"} <= set(node.attrs)
-
-
-def _refuse_foreign(store: Any, name: str, node: Any) -> None:
-    if not _written_by_analysis(node):
-        kind = "a group" if isinstance(node, zarr.Group) else "an array"
-        raise StoreError(
-            f"{store}/analysis/{name} was not written by infoshape analyze; it is left as it is",
-            expected="a new name, or a group an analysis wrote (attrs estimator, "
-            "infoshape_version)",
-            got=f"{kind} with attrs {sorted(node.attrs)}",
-            fix="choose another name (" + by_syntax("name=...", "--name NAME") + ")",
-        )
-
-
-def _check_writable(
-    store: Any, name: str, storage_options: Mapping[str, Any] | None = None
-) -> None:
-    """Refuse a store that cannot be written, or whose ``analysis/<name>`` is not ours.
-
-    A store at a URL is not probed for writability (its permissions show at the write).
-    """
-    try:
-        if isinstance(store, Path):
-            folder = store / "analysis" if (store / "analysis").is_dir() else store
-            handle, probe = tempfile.mkstemp(dir=folder, prefix=".infoshape-")
-            os.close(handle)
-            os.unlink(probe)
-    except OSError as err:
-        raise StoreError(
-            f"cannot write the analysis into {store}",
-            expected="a store that can be written to (analysis/NAME is added to it)",
-            got=f"{type(err).__name__}: {err}",
-            fix="copy the store to a writable place and analyze the copy, or make it "
-            "writable; nothing was computed",
-        ) from err
-    root = zarr.open_group(
-        location.zarr_store(store, storage_options, read_only=True),
-        mode="r",
-        use_consolidated=False,
-    )
-    parent = root.get("analysis")
-    if isinstance(parent, zarr.Group) and name in parent:
-        _refuse_foreign(store, name, parent[name])
-
-
-def write_analysis(
-    store: str | Path,
-    name: str,
-    result: xr.Dataset,
-    storage_options: Mapping[str, Any] | None = None,
-) -> None:
-    """Write ``result`` as the group ``analysis/<name>`` (replacing it) and re-consolidate.
-
-    Every variable becomes a zarr v3 array with ``dimension_names``; the Dataset's attrs
-    become the group's attrs.
-
-    Raises:
-        StoreError: ``analysis/<name>`` exists but no analysis wrote it (it is kept).
-    """
-    path = location.normalize(store)
-    root = zarr.open_group(
-        location.zarr_store(path, storage_options), mode="r+", use_consolidated=False
-    )
-    if "analysis" not in root:
-        root.create_group("analysis", attributes={"description": GROUPS["analysis"]})
-    parent = root["analysis"]
-    assert isinstance(parent, zarr.Group)
-    if name in parent:
-        _refuse_foreign(path, name, parent[name])
-        del parent[name]
-    group = parent.create_group(name, attributes=_jsonable(dict(result.attrs)))
-    for key, variable in result.variables.items():
-        values = np.asarray(variable.values)
-        kind = values.dtype.kind
-        array = group.create_array(
-            str(key),
-            shape=values.shape,
-            dtype=str if kind in "OTU" else values.dtype,
-            fill_value=np.nan if kind == "f" else None,
-            dimension_names=tuple(map(str, variable.dims)),
-            attributes=_jsonable(dict(variable.attrs)),
-        )
-        array[...] = values.astype(object) if kind in "OTU" else values
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)  # not in the v3 spec yet
-        zarr.consolidate_metadata(root.store)
 
 
 # the command line's parts, importable from here as before

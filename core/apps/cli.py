@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from infoshape.apps.flags import (
+    add_scheduler_option,
     add_storage_option,
     formatter,
     parse_assignment,
@@ -48,10 +49,13 @@ examples:
   infoshape analyze runs/digits-mlp.zarr --estimator kl_pairwise
   infoshape analyze runs/a.zarr --estimator binning --tap relu1 --epochs ::2 --max-samples 500
   infoshape analyze runs/a.zarr --estimator kl_pairwise --option noise_var=0.001 --name kl2
+  infoshape analyze sweeps/demo --estimator binning --scheduler local:4  # every cell, 4 workers
 
 --epochs takes epoch values (0 5 9) or one slice of the stored epochs by position
 (::2 every other; --epochs=-1: the last). Results go to STORE/analysis/NAME (I_XT,
 I_TY over epoch and tap): xarray.open_datatree(STORE, engine="zarr")["analysis/NAME"].
+Several stores (or a sweep's folder, or a quoted glob) are analysed with the same settings;
+with --scheduler each (run, epoch, tap) slab is a task of a dask cluster.
 """
 
 _REPORT_EPILOG = """\
@@ -99,7 +103,8 @@ def _add_analyze(commands: Any) -> None:
         formatter_class=formatter,
     )
     add = p.add_argument
-    add("store", metavar="STORE", help="the run store (a .zarr folder with probe taps)")
+    add("stores", nargs="+", metavar="STORE", help="a run store (a .zarr folder with probe "
+        "taps), several, a sweep's --out folder or a quoted glob 'runs/*.zarr'")  # fmt: skip
     add("--estimator", required=True, metavar="NAME", help="estimator: kl_pairwise, binning, ...")
     add("--tap", action="append", metavar="NAME", dest="taps", help="a stored tap (repeatable; "
         "default: every tap in probe/)")  # fmt: skip
@@ -112,6 +117,7 @@ def _add_analyze(commands: Any) -> None:
     add("--no-progress", action="store_false", dest="progress", help="no progress bar")
     add_storage_option(p)
     add_verbosity_flags(p)
+    add_scheduler_option(p, "each (run, epoch, tap) slab")
     p.set_defaults(run=_run_analyze)
 
 
@@ -203,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------ analyze, report
 def _run_analyze(args: argparse.Namespace) -> int:
-    from infoshape.apps.analysis import analyze, format_results, parse_epochs
+    from infoshape.apps.analysis import analyze_runs, format_results, parse_epochs
+    from infoshape.apps.runs import find_runs
     from infoshape.store.location import parse_storage_options
 
     own = {key: getattr(args, key) for key in ("taps", "max_samples", "seed", "name")}
@@ -211,18 +218,21 @@ def _run_analyze(args: argparse.Namespace) -> int:
     quiet = args.verbosity <= QUIET
     epochs, bar = parse_epochs(args.epochs), args.progress and not quiet and sys.stderr.isatty()
     storage = parse_storage_options(args.storage_options)
-    result = analyze(
-        args.store,
+    stores = [store for text in args.stores for store in find_runs(text, storage)]
+    results = analyze_runs(
+        stores,
         args.estimator,
         epochs=epochs,
         progress=bar,
         storage_options=storage,
+        scheduler=args.scheduler,
         **own,
         **options,
     )
-    print(f"wrote {args.store}/analysis/{args.name or args.estimator}")
-    if not quiet:
-        print(format_results(result))
+    for store, result in zip(stores, results, strict=True):
+        print(f"wrote {store}/analysis/{args.name or args.estimator}")
+        if not quiet:
+            print(format_results(result))
     return 0
 
 

@@ -18,6 +18,7 @@ from infoshape.errors import ConfigError
 __all__ = [
     "RUN_FLAG_KEYS",
     "add_run_flags",
+    "add_scheduler_option",
     "add_storage_option",
     "formatter",
     "option_tables",
@@ -58,6 +59,17 @@ def add_storage_option(parser: argparse.ArgumentParser, what: str = "a store") -
         help=f"an option of the filesystem of {what} at a URL (s3://bucket/a.zarr), VALUE "
         "as JSON when it parses (repeatable; a dotted KEY nests: "
         "client_kwargs.endpoint_url=http://127.0.0.1:9000)",
+    )
+
+
+def add_scheduler_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--scheduler local:N | tcp://HOST:PORT`` (:mod:`infoshape.apps.scheduler`)."""
+    parser.add_argument(
+        "--scheduler",
+        metavar="SPEC",
+        help=f"run {what} as tasks of a dask.distributed cluster: local:N (N worker "
+        "processes here) or tcp://HOST:PORT (a running `dask scheduler`); default: in "
+        "this process, one after the other (needs the infoshape[distributed] extra)",
     )
 
 

@@ -35,6 +35,10 @@ unless the file or ``--measure`` says otherwise. The old key ``characteristics =
 still works, with a :class:`DeprecationWarning`, as ``measure = ["characteristics"]``
 (``false``: ``measure = []``).
 
+``scheduler=`` (``--scheduler local:N | tcp://HOST:PORT``) trains the cells as tasks of a
+dask cluster (:mod:`infoshape.apps.sweep_tasks`), one per worker at a time; the stores
+and summaries are those of the serial sweep.
+
 ``out`` may be an fsspec URL (``s3://bucket/sweeps/a``, ``--storage-option`` on the
 command line, ``storage_options=`` of :func:`run_sweep`): the cells' stores,
 ``sweep.json`` and the summaries are written there.
@@ -390,6 +394,7 @@ class SweepResult:
         failed: ``{cell name: error message}``.
         summary: the summary of every complete cell.
         out: the output folder.
+        tracebacks: ``{cell name: the failure's traceback}`` (also in ``sweep.json``).
     """
 
     ran: tuple[str, ...]
@@ -397,6 +402,7 @@ class SweepResult:
     failed: dict[str, str]
     summary: Summary
     out: location.StorePath
+    tracebacks: dict[str, str] = attrs.field(factory=dict)
 
 
 def run_sweep(
@@ -404,25 +410,34 @@ def run_sweep(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    scheduler: Any = None,
 ) -> SweepResult:
     """Train every cell not yet complete, then write ``sweep.json`` and the summaries.
 
     ``storage_options`` reach the filesystem of an ``out`` at an fsspec URL.
+    ``scheduler``: ``None`` trains the cells here, one after the other; ``"local:N"`` (a
+    ``LocalCluster`` of ``N`` worker processes, started and closed here), a scheduler
+    address ``"tcp://HOST:PORT"`` or a ``distributed.Client`` makes each cell a task of
+    that cluster (:mod:`infoshape.apps.scheduler`), one cell per worker thread at a time;
+    the stores and summaries are the same.
 
     Every cell is validated first (:func:`validate_cells`): an invalid one stops the sweep
     before anything trains. A cell that raises while training is reported in
-    :attr:`SweepResult.failed`, in ``sweep.json`` and in the summary, and the sweep goes on;
+    :attr:`SweepResult.failed` (its traceback in :attr:`SweepResult.tracebacks`, in
+    ``sweep.json`` and in the log) and in the summary, and the sweep goes on;
     its store is marked ``failed`` and the next run trains it again.
 
     Raises:
-        ConfigError: an invalid cell (all of them listed), or a swept plugin without a
-            weight option.
+        ConfigError: an invalid cell (all of them listed), a swept plugin without a
+            weight option, an unreadable ``scheduler`` or no ``distributed`` for one.
         PluginLoadError: a swept plugin is not installed.
     """
     from tqdm.auto import tqdm
 
-    from infoshape.apps.trainer import train
+    from infoshape.apps.scheduler import local_reads, parse_scheduler
+    from infoshape.apps.sweep_tasks import train_cells
 
+    scheduler = parse_scheduler(scheduler)  # a bad spec stops the sweep before any work
     out = location.normalize(config.out)
     cells = config.cells()
     configs = validate_cells(cells)
@@ -434,42 +449,50 @@ def run_sweep(
             {"name": c.name, "group": c.group, "seed": c.seed, "store": str(c.store)} for c in cells
         ],
     }
-    _write_text(out, "sweep.json", json.dumps(manifest, indent=2), storage_options)
-    ran, skipped, failed = [], [], {}
-    bar = tqdm(cells, desc="sweep", unit="cell", disable=not (progress and sys.stderr.isatty()))
-    say = log or bar.write
-    for cell in bar:
-        bar.set_postfix_str(cell.name)
+    location.write_text(out, "sweep.json", json.dumps(manifest, indent=2), storage_options)
+    skipped, todo = [], []
+    for cell in cells:
         status = cell_status(cell, storage_options)
         if status == "complete":
             skipped.append(cell.name)
-            continue
-        say(f"{cell.name}: {'training' if status == 'missing' else status + ', training again'}")
-        try:
-            result = train(configs[cell.name], storage_options=storage_options)
-        except Exception as err:  # any failure of one cell: record it, train the others
-            failed[cell.name] = f"{type(err).__name__}: {err}"
-            say(f"{cell.name}: FAILED {failed[cell.name]}")
-            continue
-        ran.append(cell.name)
-        say(f"{cell.name}: test accuracy {result.test_accuracy:.4f} ({result.elapsed_s:.1f} s)")
-    bar.close()
-    manifest["failed"] = failed
-    _write_text(out, "sweep.json", json.dumps(manifest, indent=2), storage_options)
-    summary = summarize(out, storage_options)
-    _write_text(out, "summary.md", summary.to_markdown(), storage_options)
-    _write_text(out, "summary.csv", summary.to_csv(), storage_options)
-    return SweepResult(
-        ran=tuple(ran), skipped=tuple(skipped), failed=failed, summary=summary, out=out
+        else:
+            todo.append((cell.name, configs[cell.name], status))
+    bar = tqdm(
+        total=len(cells),
+        initial=len(skipped),
+        desc="sweep",
+        unit="cell",
+        disable=not (progress and sys.stderr.isatty()),
     )
+    say = log or bar.write
+    again = {name: status for name, _, status in todo}
 
+    def start(name: str) -> None:
+        status = again[name]
+        say(f"{name}: {'training' if status == 'missing' else status + ', training again'}")
 
-def _write_text(
-    out: location.StorePath, name: str, text: str, storage_options: Mapping[str, Any] | None
-) -> None:
-    """Write ``text`` as ``out/name``: a local file, or one object at a URL."""
-    if isinstance(out, Path):
-        (out / name).write_text(text, encoding="utf-8")
-        return
-    fs, inner = location.filesystem(f"{out}/{name}", storage_options)
-    fs.pipe_file(inner, text.encode("utf-8"))
+    def advance(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update()
+
+    chosen = [(name, config) for name, config, _ in todo]
+    outcomes = train_cells(chosen, storage_options, say, start, advance, scheduler)
+    bar.close()
+    ran = [o.name for o in outcomes if o.error is None]
+    failed = {o.name: str(o.error) for o in outcomes if o.error is not None}
+    tracebacks = {o.name: str(o.traceback) for o in outcomes if o.error is not None}
+    manifest["failed"] = failed
+    manifest["tracebacks"] = tracebacks
+    location.write_text(out, "sweep.json", json.dumps(manifest, indent=2), storage_options)
+    with local_reads():  # not through a live dask Client
+        summary = summarize(out, storage_options)
+    location.write_text(out, "summary.md", summary.to_markdown(), storage_options)
+    location.write_text(out, "summary.csv", summary.to_csv(), storage_options)
+    return SweepResult(
+        ran=tuple(ran),
+        skipped=tuple(skipped),
+        failed=failed,
+        tracebacks=tracebacks,
+        summary=summary,
+        out=out,
+    )

@@ -13,6 +13,7 @@ from typing import Any
 from infoshape.apps.flags import (
     RUN_FLAG_KEYS,
     add_run_flags,
+    add_scheduler_option,
     add_storage_option,
     parse_assignment,
     settings_from_flags,
@@ -28,6 +29,7 @@ examples:
       --seed 0 --seed 1 --epochs 10 --out sweeps/demo
   infoshape sweep --config sweep.toml                 # run (or finish) the sweep in the file
   infoshape sweep --config sweep.toml --summary-only  # only rebuild summary.md / summary.csv
+  infoshape sweep --config sweep.toml --scheduler local:4  # 4 cells at a time (dask)
   infoshape sweep --configuration dropout:dropout=0.5 --configuration bn:batch_norm=true
 
 config file (TOML): the `infoshape train` keys at top level, the grid under [sweep]
@@ -92,7 +94,8 @@ def add_parser(commands: Any, formatter: Any) -> None:
     p = commands.add_parser(
         "sweep",
         help="train a grid of configurations x seeds (one store each) and summarize it",
-        description="Run a grid of training runs sequentially: a baseline, named "
+        description="Run a grid of training runs (one after the other, or as tasks of a "
+        "dask cluster with --scheduler): a baseline, named "
         "configurations (model options such as dropout or batch norm), and plugins x "
         "coefficients, each for every seed, with the built-in trainer. Resumable: complete "
         "cells are not rerun. Writes OUT/summary.md and OUT/summary.csv: test error and "
@@ -121,6 +124,7 @@ def add_parser(commands: Any, formatter: Any) -> None:
     add_run_flags(p)  # the base run of every cell, as for infoshape train
     add("--summary-only", action="store_true", help="train nothing; rebuild the summary")
     add_storage_option(p, "an --out")
+    add_scheduler_option(p, "each cell")
     add("--no-progress", action="store_false", dest="progress", help="no progress bar")
     add_verbosity_flags(p)
     p.set_defaults(run=run_command)
@@ -149,6 +153,7 @@ def run_command(args: Any) -> int:
         progress=args.progress and not quiet,
         log=_log_line,
         storage_options=storage,
+        scheduler=args.scheduler,
     )
     if quiet:  # the one result line
         print(

@@ -31,6 +31,7 @@ __all__ = [
     "normalize",
     "parse_storage_options",
     "with_name",
+    "write_text",
     "zarr_store",
 ]
 
@@ -202,3 +203,14 @@ def parse_storage_options(texts: Sequence[str]) -> dict[str, Any]:
             table = table.setdefault(part, {})
         table[last] = parsed
     return options
+
+
+def write_text(
+    folder: StorePath, name: str, text: str, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``text`` (UTF-8) as ``folder/name``: a local file, or one object at a URL."""
+    if isinstance(folder, Path):
+        (folder / name).write_text(text, encoding="utf-8")
+        return
+    fs, inner = filesystem(f"{folder}/{name}", storage_options)
+    fs.pipe_file(inner, text.encode("utf-8"))
