@@ -27,11 +27,15 @@ TESTED_ELSEWHERE: dict[str, str] = {
     "core/registry.py": "tests/core/test_hooks.py",
     "core/syntax.py": "tests/test_error_messages.py",  # Python vs command-line spelling
     # core/apps: the helpers of one command or one result
+    "core/apps/analysis_slabs.py": "tests/core/apps/test_scheduler.py",  # slabs here and as tasks
+    "core/apps/analysis_store.py": "tests/core/apps/test_analysis.py",
     "core/apps/analysis_table.py": "tests/core/apps/test_analysis.py",
+    "core/apps/dask_worker.py": "tests/core/apps/test_scheduler.py",  # torch threads on workers
     "core/apps/flags.py": "tests/core/apps/test_cli.py",
     "core/apps/metric_plots.py": "tests/core/apps/test_report.py",
     "core/apps/sweep_command.py": "tests/core/apps/test_sweep.py",
     "core/apps/sweep_summary.py": "tests/core/apps/test_sweep.py",
+    "core/apps/sweep_tasks.py": "tests/core/apps/test_scheduler.py",  # cells here and as tasks
     "core/apps/train_command.py": "tests/core/apps/test_cli.py",
     "core/apps/train_config.py": "tests/core/apps/test_trainer.py",
     # core/math: the matrix entropy is the renyi plugin's math

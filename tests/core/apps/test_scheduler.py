@@ -40,6 +40,7 @@ BASE = {
 BROKEN = {"plugins": ["cr"], "options": {"cr": {"layers": ["no_such_layer"]}}}
 GRID = {
     "baseline": False,
+    "measure": ["characteristics"],
     "seeds": [0, 1],
     "plugins": ["l1r"],
     "coefficients": [0.001],
@@ -218,6 +219,7 @@ def test_sweep_cli_starts_a_local_cluster_in_a_subprocess(serial, tmp_path):
     cmd += ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--batch-size", "128"]
     cmd += ["--model-option", "hidden=[8,8]", "--option", "characteristics.bounds=['lower']"]
     cmd += ["--plugin", "l1r", "--coefficient", "0.001", "--no-baseline"]
+    cmd += ["--measure", "characteristics"]
     cmd += ["--seed", "0", "--seed", "1", "--no-progress", "--scheduler", "local:2"]
     config = out.parent / "probe.toml"
     config.write_text("probe_size = 40\n")
