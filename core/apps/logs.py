@@ -10,8 +10,10 @@ verbosity               what reaches stderr
 ======================  ==============================================================
 ``--quiet`` (-1)        errors only (warnings silenced); the command prints its final
                         result line on stdout and nothing else
-default (0)             warnings, and the progress lines of :data:`PROGRESS` (one line
-                        per epoch when stderr is no terminal; a progress bar when it is)
+default (0)             warnings, what plugins chose by default (INFO: the layers
+                        ``information_dropout`` wraps ...), and the progress lines of
+                        :data:`PROGRESS` (one line per epoch when stderr is no terminal;
+                        a progress bar when it is)
 ``--verbose`` (1)       every record of the ``infoshape`` hierarchy from DEBUG up, with
                         its logger's name: the defaults plugins chose, store events ...
 ======================  ==============================================================
@@ -71,7 +73,7 @@ def configure_logging(verbosity: int = NORMAL) -> Iterator[None]:
         progress.setLevel(logging.NOTSET)
     else:
         handler.setFormatter(logging.Formatter("%(message)s"))
-        root.setLevel(logging.ERROR if verbosity <= QUIET else logging.WARNING)
+        root.setLevel(logging.ERROR if verbosity <= QUIET else logging.INFO)
         progress.setLevel(logging.ERROR if verbosity <= QUIET else logging.INFO)
     root.addHandler(handler)
     try:

@@ -79,6 +79,16 @@ def test_verbose_logs_what_plugins_chose(capsys):
     assert chose and "relu1" in chose[0] and "relu2" in chose[0], err
 
 
+def test_the_default_says_what_plugins_chose(capsys):
+    argv = ["train", "--epochs", "1", "--no-store", "--no-probe", "--plugin", "information_dropout"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    chose = [line for line in err.splitlines() if line.startswith("information_dropout")]
+    assert chose and "relu1" in chose[0] and "relu2" in chose[0], err
+    assert main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_an_error_still_prints_when_quiet(capsys):
     assert main(["train", "--plugin", "nope", "--no-store", "--quiet"]) == 2
     err = capsys.readouterr().err
