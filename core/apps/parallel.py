@@ -47,6 +47,7 @@ from infoshape.errors import ConfigError
 __all__ = [
     "GlobalBatches",
     "evaluate_sharded",
+    "evaluation_sums",
     "launch",
     "launched_by_torchrun",
     "process_group",
@@ -147,6 +148,29 @@ class GlobalBatches:
 
 
 @torch.no_grad()
+def evaluation_sums(
+    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512
+) -> tuple[int, float, int]:
+    """Correct predictions, summed cross-entropy and samples of ``model`` on ``dataset``.
+
+    In eval mode; the train/eval mode is restored. Summed per batch on the host (as one
+    process does; no float64 on MPS).
+    """
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    try:
+        for x, y in DataLoader(dataset, batch_size=batch_size):
+            x, y = x.to(device), torch.as_tensor(y).to(device)
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            n += int(y.shape[0])
+    finally:
+        model.train(was_training)
+    return correct, loss_sum, n
+
+
 def evaluate_sharded(
     model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512
 ) -> tuple[float, float]:
@@ -154,22 +178,12 @@ def evaluate_sharded(
 
     The correct counts, loss sums and counts are summed across ranks, so every rank
     returns the values of the whole set. Pass the unwrapped model (no DDP forward:
-    ranks may run different numbers of batches). The train/eval mode is restored.
+    ranks may run different numbers of batches).
     """
     n = len(dataset)  # type: ignore[arg-type]
     shard = Subset(dataset, range(distributed.rank(), n, distributed.world_size()))
-    was_training = model.training
-    model.eval()
-    correct, loss_sum = 0, 0.0  # per batch on the host, as in one process (no float64 on MPS)
-    try:
-        for x, y in DataLoader(shard, batch_size=batch_size):
-            x, y = x.to(device), torch.as_tensor(y).to(device)
-            logits = model(x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == y).sum())
-    finally:
-        model.train(was_training)
-    totals = {"correct": float(correct), "loss": loss_sum, "n": float(len(shard))}
+    correct, loss_sum, count = evaluation_sums(model, shard, device, batch_size)
+    totals = {"correct": float(correct), "loss": loss_sum, "n": float(count)}
     totals = distributed.reduce_metrics(totals, {k: "sum" for k in totals})
     return totals["correct"] / max(totals["n"], 1.0), totals["loss"] / max(totals["n"], 1.0)
 

@@ -30,7 +30,6 @@ from typing import Any
 import attrs
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -123,18 +122,9 @@ def evaluate(
     Returns:
         ``(accuracy, loss)``.
     """
-    was_training = model.training
-    model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
-    try:
-        for x, y in DataLoader(dataset, batch_size=batch_size):
-            x, y = x.to(device), torch.as_tensor(y).to(device)
-            logits = model(x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == y).sum())
-            n += int(y.shape[0])
-    finally:
-        model.train(was_training)
+    correct, loss_sum, n = parallel.evaluation_sums(
+        model, dataset, torch.device(device), batch_size
+    )
     return correct / max(n, 1), loss_sum / max(n, 1)
 
 
