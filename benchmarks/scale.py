@@ -96,12 +96,14 @@ def bench_sweep(args: argparse.Namespace, work: Path, client: Any) -> dict[str, 
     for threads in dict.fromkeys(args.serial_threads or [default, 1]):
         torch.set_num_threads(threads)
         config = SweepConfig.from_mapping(_settings(args, work / f"serial{threads}"))
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = run_sweep(config, progress=False, log=_quiet)
         seconds = time.perf_counter() - start
+        cpu_percent = 100 * (time.process_time() - cpu) / seconds  # every thread of this process
         assert not result.failed and not parallel.failed, (result.failed, parallel.failed)
         serial[threads] = {
             "serial_s": seconds,
+            "serial_cpu_percent": cpu_percent,
             "max_rel_diff": _max_rel_diff(result.summary.values, parallel.summary.values),
             "stores": [str(result.out / "cells" / f"{name}.zarr") for name in result.ran],
         }
@@ -249,13 +251,16 @@ def main() -> None:
     n, worker_threads = args.workers, report["torch_threads_per_worker"]
     print(f"{os.cpu_count()} CPUs; {n} workers x {worker_threads} torch threads; cluster start "
           f"{start_s:.1f} s, counted in 'local:{n} s' of the sweep")  # fmt: skip
-    print(f"{'what':<44}{'serial s':>10}{f'local:{n} s':>12}{'ratio':>7}{'warm':>7}{'diff':>9}")
+    print(
+        f"{'what':<44}{'serial s':>10}{f'local:{n} s':>12}{'ratio':>7}{'warm':>7}{'diff':>9}"
+        f"{'serial cpu':>12}"
+    )
     label = f"sweep: {sweep['cells']} cells x {args.epochs} epochs"
     for threads, row in sweep["serial"].items():
         print(
             f"{label + f', serial {threads} thread(s)':<44}{row['serial_s']:>10.1f}"
             f"{sweep['cluster_s'] + start_s:>12.1f}{row['ratio']:>7.2f}{row['ratio_warm']:>7.2f}"
-            f"{row['max_rel_diff']:>9.1g}"
+            f"{row['max_rel_diff']:>9.1g}{row['serial_cpu_percent']:>11.0f}%"
         )
     label = f"analyze: {analysis['runs']} runs, {analysis['slabs']} slabs"
     print(
@@ -263,7 +268,9 @@ def main() -> None:
         f"{analysis['ratio']:>7.2f}{'':>7}{0.0 if analysis['identical_values'] else 1:>9.1g}"
     )
     print("ratio: local:N / serial, the cluster's start included; warm: without it; diff: the "
-          "largest relative difference of the summaries (analysis: 0 = identical)")  # fmt: skip
+          "largest relative difference of the summaries (analysis: 0 = identical); serial cpu: "
+          "the serial sweep's CPU time over its wall time (> 100 %: it already uses more "
+          "than one core)")  # fmt: skip
     s3 = report["s3"]
     if "skipped" in s3:
         print(f"S3 read: skipped ({s3['skipped']})")
